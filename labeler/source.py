@@ -1,0 +1,85 @@
+"""The association's photo source: a table or view named in settings, reflected at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Column, Connection, MetaData, Table, inspect
+from sqlalchemy.exc import NoSuchTableError
+
+from labeler.settings import Settings
+
+
+class SourceError(Exception):
+    """The configured source table, view or columns do not exist or do not fit."""
+
+
+@dataclass(frozen=True)
+class Source:
+    table: Table
+    id_column: str
+    image_column: str
+    filter_column: str | None = None
+    filter_values: tuple[str, ...] = ()
+    writeback_breed_column: str | None = None
+    writeback_confidence_column: str | None = None
+
+    @property
+    def id(self) -> Column[Any]:
+        return self.table.c[self.id_column]
+
+    @property
+    def image(self) -> Column[Any]:
+        return self.table.c[self.image_column]
+
+    def id_value(self, photo_id: str) -> Any:
+        """Turn the labeler's text id back into the source column's own type, so lookups use
+        the source's primary-key index instead of casting every row."""
+        try:
+            python_type = self.id.type.python_type
+        except NotImplementedError:
+            return photo_id
+        if python_type is int:
+            return int(photo_id)
+        return photo_id
+
+
+def reflect_source(conn: Connection, settings: Settings) -> Source:
+    """Reflect the configured table or view and check that every named column exists."""
+    schema, _, name = settings.source_table.rpartition(".")
+    inspector = inspect(conn)
+    names = set(inspector.get_table_names(schema=schema or None)) | set(
+        inspector.get_view_names(schema=schema or None)
+    )
+    if name not in names:
+        raise SourceError(
+            f"source table or view {settings.source_table!r} does not exist (LABELER_SOURCE_TABLE)"
+        )
+    try:
+        table = Table(name, MetaData(), schema=schema or None, autoload_with=conn)
+    except NoSuchTableError as exc:
+        raise SourceError(f"source table {settings.source_table!r} cannot be read") from exc
+
+    wanted = {
+        "LABELER_SOURCE_ID_COLUMN": settings.source_id_column,
+        "LABELER_SOURCE_IMAGE_COLUMN": settings.source_image_column,
+        "LABELER_SOURCE_FILTER_COLUMN": settings.source_filter_column,
+        "LABELER_WRITEBACK_BREED_COLUMN": settings.writeback_breed_column,
+        "LABELER_WRITEBACK_CONFIDENCE_COLUMN": settings.writeback_confidence_column,
+    }
+    for env, column in wanted.items():
+        if column is not None and column not in table.c:
+            raise SourceError(
+                f"{env}={column!r}: no such column in {settings.source_table!r} "
+                f"(it has {', '.join(sorted(table.c.keys()))})"
+            )
+    return Source(
+        table=table,
+        id_column=settings.source_id_column,
+        image_column=settings.source_image_column,
+        filter_column=settings.source_filter_column,
+        filter_values=tuple(settings.source_filter_values),
+        writeback_breed_column=settings.writeback_breed_column,
+        writeback_confidence_column=settings.writeback_confidence_column,
+    )

@@ -1,0 +1,180 @@
+"""Test helpers: fresh databases on the real servers, a shelter-like source table, a tiny model."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import uuid
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    text,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Engine, make_url
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FULLFRAME = SHARED / "data" / "fullframe-sample"
+BREEDS_TSV = SHARED / "data" / "breeds.tsv"
+
+SERVER_URLS = {
+    "postgresql": os.environ.get(
+        "LABELER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+    ),
+    "mariadb": os.environ.get(
+        "LABELER_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+    ),
+}
+BACKENDS = ("sqlite", "postgresql", "mariadb")
+
+
+class ServerUnavailable(Exception):
+    pass
+
+
+@contextmanager
+def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
+    """Yield the URL of a new, empty database on ``backend``; drop it afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite:///{tmp_path / 'shelter.db'}"
+        return
+    admin_url = make_url(SERVER_URLS[backend])
+    name = f"labeler_t_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:
+        admin.dispose()
+        raise ServerUnavailable(f"{backend} at {admin_url.host}:{admin_url.port}: {exc}") from exc
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            if backend == "postgresql":
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            else:
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        admin.dispose()
+
+
+def photos_table(metadata: MetaData, kind: str, name: str = "animals") -> Table:
+    """A shelter's own table: the image column type depends on how photos are stored."""
+    if kind == "bytes":
+        image_type: Any = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+    elif kind == "base64":
+        image_type = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+    else:
+        image_type = String(1024)
+    return Table(
+        name,
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=False),
+        Column("name", String(64)),
+        Column("species", String(16)),
+        Column("photo", image_type),
+        Column("breed", String(128)),
+        Column("breed_confidence", Float(precision=53)),
+    )
+
+
+def create_photos(
+    engine: Engine, kind: str, rows: Iterable[dict[str, Any]], name: str = "animals"
+) -> Table:
+    metadata = MetaData()
+    table = photos_table(metadata, kind, name)
+    metadata.create_all(engine)
+    batch: list[dict[str, Any]] = []
+    with engine.begin() as conn:
+        for row in rows:
+            # executemany takes its columns from the first row: give every row every column.
+            batch.append({c.name: row.get(c.name) for c in table.columns})
+            if len(batch) >= 200:
+                conn.execute(table.insert(), batch)
+                batch = []
+        if batch:
+            conn.execute(table.insert(), batch)
+    return table
+
+
+def encode(value: bytes, kind: str, relative_path: str | None = None) -> Any:
+    if kind == "bytes":
+        return value
+    if kind == "base64":
+        return base64.b64encode(value).decode("ascii")
+    if kind == "datauri":
+        return "data:image/jpeg;base64," + base64.b64encode(value).decode("ascii")
+    return relative_path
+
+
+def png_bytes(
+    color: tuple[int, int, int], size: tuple[int, int] = (40, 30), mode: str = "RGB"
+) -> bytes:
+    rng = np.random.default_rng(sum(color))
+    arr = np.clip(np.array(color) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255)
+    image = Image.fromarray(arr.astype(np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fullframe_photos() -> list[Path]:
+    photos = sorted(FULLFRAME.glob("*/*.JPEG"))
+    if not photos:
+        raise FileNotFoundError(f"no sample photos under {FULLFRAME}")
+    return photos
+
+
+def breed_names() -> list[str]:
+    lines = BREEDS_TSV.read_text().splitlines()[1:]
+    return [line.split("\t")[2] for line in lines]
+
+
+def build_tiny_artifact(directory: Path, labels: list[str] | None = None, size: int = 16) -> Path:
+    """A deterministic stand-in for a trained model, in the real artifact format.
+
+    Its logits are fixed linear functions of the photo's mean colour, so different photos get
+    different, sometimes confident, sometimes doubtful predictions.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from labeler.artifact import save_artifact
+    from labeler.preprocessing import PreprocessingConfig
+
+    labels = labels or breed_names()
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(len(labels), activation="softmax")
+    outputs = dense(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(7)
+    dense.set_weights([rng.normal(0, 6.0, (3, len(labels))), rng.normal(0, 0.5, len(labels))])
+    save_artifact(
+        directory,
+        model,
+        labels,
+        PreprocessingConfig(image_size=(size, size)),
+        name="tiny-test",
+        kind="test",
+        decision={"review_threshold": 0.2, "review_margin": 0.0},
+        quality_note="a test stand-in: its labels are meaningless",
+    )
+    return directory

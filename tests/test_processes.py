@@ -1,0 +1,147 @@
+"""Whole `labeler` processes against the real servers: two at once, and one killed mid-pass."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from labeler import migrate
+from labeler.db import make_engine
+from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, photo, run
+from labeler.settings import Settings
+from tests.helpers import REPO, create_photos, png_bytes
+
+pytestmark = pytest.mark.slow
+
+
+def labeler_env(db_url: str, model: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LABELER_")}
+    env.update(
+        LABELER_DATABASE_URL=db_url,
+        LABELER_SOURCE_TABLE="animals",
+        LABELER_SOURCE_IMAGE_COLUMN="photo",
+        LABELER_IMAGE_KIND="bytes",
+        LABELER_MODEL_DIR=str(model),
+        LABELER_BATCH_SIZE="5",
+        TF_CPP_MIN_LOG_LEVEL="2",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "labeler", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def seed(db_url: str, n: int) -> None:
+    engine = make_engine(Settings(database_url=db_url))
+    colors = [((i * 37) % 256, (i * 91) % 256, (i * 53) % 256) for i in range(n)]
+    create_photos(
+        engine,
+        "bytes",
+        ({"id": i + 1, "photo": png_bytes(c, (24, 24))} for i, c in enumerate(colors)),
+    )
+    migrate.upgrade(engine)
+    engine.dispose()
+
+
+def outcome_summary(db_url: str) -> tuple[dict[str, int], list[object], int]:
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        counts = dict(
+            conn.execute(select(photo.c.status, func.count()).group_by(photo.c.status)).all()
+        )
+        runs = list(conn.execute(select(run).order_by(run.c.id)))
+        claimed = conn.execute(
+            select(func.count()).where(photo.c.claimed_by.is_not(None))
+        ).scalar_one()
+    engine.dispose()
+    return counts, runs, claimed
+
+
+def processed(r: object) -> int:
+    return int(r.labelled + r.needs_review + r.failed)  # type: ignore[attr-defined]
+
+
+def test_two_labelers_at_once_label_each_row_exactly_once(
+    server_db_url: str, tiny_artifact: Path
+) -> None:
+    seed(server_db_url, 500)
+    env = labeler_env(server_db_url, tiny_artifact)
+    procs = [spawn(["run-once"], env) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    counts, runs, claimed = outcome_summary(server_db_url)
+    assert counts.get(LABELLED, 0) + counts.get(NEEDS_REVIEW, 0) == 500
+    assert FAILED not in counts and claimed == 0
+    assert len(runs) == 2 and all(r.status == "finished" for r in runs)
+    # Each result is counted by the run that wrote it, in the same transaction: the sum is
+    # exactly the number of rows only if no row was written twice.
+    assert sum(processed(r) for r in runs) == 500
+    assert all(r.lost == 0 for r in runs)
+    assert all(processed(r) > 0 for r in runs), "both labelers should have taken a share"
+    engine = create_engine(server_db_url)
+    with engine.connect() as conn:
+        by_run = dict(
+            conn.execute(select(photo.c.run_id, func.count()).group_by(photo.c.run_id)).all()
+        )
+    engine.dispose()
+    assert by_run == {r.id: processed(r) for r in runs}
+
+
+def test_killed_labeler_loses_nothing(server_db_url: str, tiny_artifact: Path) -> None:
+    total = 600
+    seed(server_db_url, total)
+    env = labeler_env(server_db_url, tiny_artifact, LABELER_CLAIM_TTL_SECONDS="3")
+    victim = spawn(["run-once"], env)
+    engine = create_engine(server_db_url)
+    done = 0
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and victim.poll() is None:
+            with engine.connect() as conn:
+                done = conn.execute(
+                    select(func.count()).where(photo.c.status.in_([LABELLED, NEEDS_REVIEW]))
+                ).scalar_one()
+            if done >= 50:
+                break
+            time.sleep(0.02)
+        assert victim.poll() is None, "the labeler finished before it could be killed"
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    engine.dispose()
+
+    counts, runs, _ = outcome_summary(server_db_url)
+    partial = counts.get(LABELLED, 0) + counts.get(NEEDS_REVIEW, 0)
+    assert 50 <= partial < total
+    assert runs[0].status == "running"  # it never got to record its end
+
+    time.sleep(3.5)  # let the dead worker's claims expire
+    again = spawn(["run-once"], env)
+    out = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, out
+
+    counts, runs, claimed = outcome_summary(server_db_url)
+    assert counts.get(LABELLED, 0) + counts.get(NEEDS_REVIEW, 0) == total
+    assert claimed == 0
+    assert sum(processed(r) for r in runs) == total, "a row was labelled twice or lost"
+    assert processed(runs[0]) == partial and runs[1].status == "finished"
