@@ -171,6 +171,7 @@ class LabellingPass:
         self.progress = progress or log.info
         self._abort = threading.Event()
         self._run_id = 0
+        self._todo = 0
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -198,6 +199,18 @@ class LabellingPass:
         errors: Counter[str] = Counter()
         try:
             summary.discovered = self._tx("finding new photos", lambda s: self._discover(s, run_id))
+            self._todo = self._tx(
+                "counting pending photos",
+                lambda s: repo.claimable_count(
+                    s,
+                    now=self.clock(),
+                    max_attempts=self.config.max_attempts,
+                    pass_started=started,
+                ),
+            )
+            if self.config.max_rows is not None:
+                self._todo = min(self._todo, self.config.max_rows)
+            self.progress(f"{self._todo} photos to label ({summary.discovered} new)")
             self._label_all(run_id, started, summary, errors)
             summary.status = "interrupted" if self.stop.is_set() else "finished"
         except Exception as exc:
@@ -241,6 +254,7 @@ class LabellingPass:
             target=self._produce, args=(batches, started), name="labeler-prefetch", daemon=True
         )
         producer.start()
+        t_start = time.monotonic()
         try:
             while True:
                 item = batches.get()
@@ -256,9 +270,14 @@ class LabellingPass:
                 summary.needs_review += counts.needs_review
                 summary.failed += counts.failed
                 summary.lost += counts.lost
+                elapsed = time.monotonic() - t_start
+                rate = summary.processed / elapsed if elapsed > 0 else 0.0
+                left = max(self._todo - summary.processed, 0)
+                eta = f", about {left / rate:.0f}s left" if rate > 0 and left else ""
                 self.progress(
-                    f"{summary.processed} photos done ({summary.labelled} labelled, "
-                    f"{summary.needs_review} need review, {summary.failed} failed)"
+                    f"{summary.processed}/{self._todo} photos ({summary.labelled} labelled, "
+                    f"{summary.needs_review} need review, {summary.failed} failed; "
+                    f"{rate:.1f}/s{eta})"
                 )
         finally:
             self._abort.set()

@@ -155,6 +155,14 @@ def claim(
     return list(session.scalars(select(photo.c.photo_id).where(photo.c.claimed_by == token)))
 
 
+def claimable_count(
+    session: Session, *, now: datetime, max_attempts: int, pass_started: datetime
+) -> int:
+    """How many photos a pass starting now would label: the denominator of its progress."""
+    query = select(func.count()).where(_claimable(now, max_attempts, pass_started))
+    return int(session.scalar(query) or 0)
+
+
 def release(session: Session, token: str) -> int:
     """Give back every row still held by ``token`` (unfinished work on shutdown)."""
     result = session.execute(

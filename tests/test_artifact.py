@@ -1,0 +1,110 @@
+"""The model artifact: a missing or inconsistent one is a clear start-up error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labeler.artifact import ArtifactError, load_artifact
+from labeler.classifier import Classifier
+from labeler.cli import main
+from labeler.images import decode_image
+from tests.helpers import FULLFRAME
+
+
+@pytest.fixture
+def artifact_copy(tiny_artifact: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(tiny_artifact, tmp_path / "model"))
+
+
+def edit_metadata(path: Path, **changes: object) -> None:
+    meta = json.loads((path / "metadata.json").read_text())
+    meta.update(changes)
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+def test_round_trip(tiny_artifact: Path) -> None:
+    classifier = Classifier.load(tiny_artifact)
+    art = classifier.artifact
+    assert art.kind == "test" and len(art.labels) == 120 and art.decision.review_threshold == 0.2
+    assert art.version.startswith("tiny-test-")
+    batch = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    probs = classifier.predict_probabilities(batch)
+    assert probs.shape == (4, 120) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert np.allclose(probs, np.asarray(classifier.model(batch)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda p: shutil.rmtree(p), "does not exist"),
+        (lambda p: (p / "metadata.json").unlink(), "metadata.json is missing"),
+        (lambda p: (p / "metadata.json").write_text("{not json"), "cannot be read"),
+        (lambda p: edit_metadata(p, format_version=99), "format version 99"),
+        (lambda p: edit_metadata(p, kind="magic"), "unknown artifact kind"),
+        (lambda p: (p / "model.keras").unlink(), "model.keras is missing"),
+        (lambda p: (p / "labels.json").write_text('["a", "a"]'), "duplicate"),
+        (lambda p: (p / "labels.json").write_text("[]"), "non-empty list"),
+        (lambda p: edit_metadata(p, calibration={"temperature": 0}), "temperature"),
+        (lambda p: edit_metadata(p, decision={"review_threshold": 3}), "between 0 and 1"),
+        (lambda p: edit_metadata(p, output={"reject_labels": ["cat"]}), "not labels"),
+        (lambda p: edit_metadata(p, preprocessing={"image_size": [2, 2]}), "out of range"),
+        (
+            lambda p: edit_metadata(p, preprocessing={"whitening": {"method": "zca"}}),
+            "whitening file",
+        ),
+    ],
+)
+def test_broken_artifacts_are_refused(artifact_copy: Path, breakage, message: str) -> None:  # type: ignore[no-untyped-def]
+    breakage(artifact_copy)
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(artifact_copy)
+
+
+def test_model_and_metadata_must_agree(artifact_copy: Path) -> None:
+    (artifact_copy / "labels.json").write_text(json.dumps([f"b{i}" for i in range(119)]))
+    with pytest.raises(ArtifactError, match="120 outputs but the labels file lists 119"):
+        Classifier.load(artifact_copy)
+    edit_metadata(artifact_copy, preprocessing={"image_size": [32, 32]})
+    (artifact_copy / "labels.json").write_text(json.dumps([f"b{i}" for i in range(120)]))
+    with pytest.raises(ArtifactError, match="takes inputs of shape"):
+        Classifier.load(artifact_copy)
+
+
+def test_corrupt_model_file_is_refused(artifact_copy: Path) -> None:
+    data = (artifact_copy / "model.keras").read_bytes()
+    (artifact_copy / "model.keras").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ArtifactError, match="cannot be loaded as a Keras model"):
+        Classifier.load(artifact_copy)
+
+
+def test_cli_refuses_to_start_with_a_broken_model(
+    artifact_copy: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    (artifact_copy / "model.keras").write_bytes(b"garbage")
+    monkeypatch.setenv("LABELER_MODEL_DIR", str(artifact_copy))
+    monkeypatch.setenv("LABELER_DATABASE_URL", f"sqlite:///{tmp_path / 'x.db'}")
+    assert main(["run-once"]) == 2
+    assert "cannot be loaded as a Keras model" in capsys.readouterr().err
+
+
+def test_classify_command(
+    tiny_artifact: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    photo = sorted(FULLFRAME.glob("*/*.JPEG"))[0]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 nope")
+    code = main(["classify", "--model", str(tiny_artifact), str(photo), str(broken)])
+    out = capsys.readouterr().out
+    assert code == 1  # one photo could not be read
+    line = next(x for x in out.splitlines() if x.startswith(str(photo)))
+    expected = Classifier.load(tiny_artifact).classify_images([decode_image(photo.read_bytes())])[0]
+    assert expected.label in line and line.count("%") == 3
+    assert f"{broken}: error:" in out
