@@ -63,6 +63,19 @@ class Service:
         )
         return cls(settings, engine or make_engine(settings), classifier, thresholds)
 
+    def probe(self) -> str:
+        """Database reachable, schema at head, source readable: raise with the reason if not."""
+        from labeler import migrate
+
+        current, head = migrate.current_revision(self.engine), migrate.head_revision(self.engine)
+        if current != head:
+            raise RuntimeError(
+                f"database schema is at {current or 'nothing'}, the code expects {head}: "
+                "run `labeler db upgrade`"
+            )
+        source = self.source()
+        return f"database reachable, schema at {head}, source {source.table.fullname} readable"
+
     def source(self) -> Source:
         with self.engine.connect() as conn:
             return reflect_source(conn, self.settings)

@@ -67,10 +67,12 @@ def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
     log.info("using %s", service.classifier.artifact.describe())
     scheduler = PassScheduler(
         lambda stop: service.run_pass(command="schedule", stop=stop),
+        probe=service.probe,
         cron=settings.schedule_cron,
         timezone=settings.schedule_timezone,
         misfire_grace_seconds=settings.misfire_grace_seconds,
         run_at_start=args.now,
+        retry_seconds=settings.failed_pass_retry_seconds,
     )
     scheduler.run()
     return EXIT_OK

@@ -23,7 +23,7 @@ from labeler.labelling import PassSummary, is_transient
 
 log = logging.getLogger("labeler.scheduler")
 
-RETRY_DELAYS = (60, 300, 900, 1800)  # seconds after a failed pass
+MAX_RETRY_DELAY = 3600
 
 
 class PassScheduler:
@@ -34,21 +34,23 @@ class PassScheduler:
         cron: str,
         timezone: str,
         misfire_grace_seconds: int,
+        probe: Callable[[], str] | None = None,
         run_at_start: bool = False,
-        retry_delays: tuple[int, ...] = RETRY_DELAYS,
+        retry_seconds: int = 300,
     ) -> None:
         self.run_pass = run_pass
+        self.probe = probe
         self.stop = threading.Event()
         self.scheduler = BlockingScheduler(timezone=timezone)
         self.trigger = CronTrigger.from_crontab(cron, timezone=timezone)
         self.misfire_grace_seconds = misfire_grace_seconds
         self.run_at_start = run_at_start
-        self.retry_delays = retry_delays
+        self.retry_seconds = retry_seconds
         self._failures = 0
         self._lock = threading.Lock()
 
     def _job(self) -> None:
-        # Both the cron job and a retry job call this; the lock keeps them from overlapping.
+        # The cron job and the retry job both land here; the lock keeps them from overlapping.
         if not self._lock.acquire(blocking=False):
             log.info("a pass is already running; skipping this one")
             return
@@ -59,25 +61,40 @@ class PassScheduler:
             self._failures = 0
             log.info("pass done: %s", summary.line())
         except Exception as exc:
-            self._failures += 1
-            delay = self.retry_delays[min(self._failures, len(self.retry_delays)) - 1]
-            kind = "database unreachable" if is_transient(exc) else type(exc).__name__
-            log.error(
-                "pass failed (%s: %s); the service keeps running and retries in %ds",
-                kind,
-                str(getattr(exc, "orig", exc)).splitlines()[0][:300] if str(exc) else "",
-                delay,
-            )
-            if not self.stop.is_set():
-                self.scheduler.add_job(
-                    self._job,
-                    DateTrigger(datetime.now(self.trigger.timezone) + timedelta(seconds=delay)),
-                    id="retry",
-                    replace_existing=True,
-                    misfire_grace_time=self.misfire_grace_seconds,
-                )
+            self._retry_later(self._job, "pass", exc)
         finally:
             self._lock.release()
+
+    def _probe_job(self) -> None:
+        """At start-up: say whether the database is usable now, rather than at 2 a.m."""
+        assert self.probe is not None
+        try:
+            log.info("start-up check: %s", self.probe())
+            self._failures = 0
+        except Exception as exc:
+            self._retry_later(self._probe_job, "start-up check", exc)
+
+    def _retry_later(self, job: Callable[[], None], what: str, exc: Exception) -> None:
+        self._failures += 1
+        delay = min(self.retry_seconds * 2 ** (self._failures - 1), MAX_RETRY_DELAY)
+        kind = "database unreachable" if is_transient(exc) else type(exc).__name__
+        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        log.error(
+            "%s failed (%s: %s); the service keeps running and tries again in %ds",
+            what,
+            kind,
+            lines[0][:300] if lines else "",
+            delay,
+        )
+        if self.stop.is_set():
+            return
+        self.scheduler.add_job(
+            job,
+            DateTrigger(datetime.now(self.trigger.timezone) + timedelta(seconds=delay)),
+            id=f"retry-{job.__name__}",
+            replace_existing=True,
+            misfire_grace_time=self.misfire_grace_seconds,
+        )
 
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         name = signal.Signals(signum).name if signum else "stop"
@@ -95,6 +112,8 @@ class PassScheduler:
         self.scheduler.add_job(self._job, self.trigger, id="nightly-pass", **job_options)
         if self.run_at_start:
             self.scheduler.add_job(self._job, id="first-pass", **job_options)
+        elif self.probe is not None:
+            self.scheduler.add_job(self._probe_job, id="start-up-check")
         previous = {
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }

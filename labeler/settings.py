@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     schedule_cron: str = "0 2 * * *"
     schedule_timezone: str = "UTC"
     misfire_grace_seconds: int = Field(default=6 * 3600, ge=1)
+    failed_pass_retry_seconds: int = Field(default=300, ge=1)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

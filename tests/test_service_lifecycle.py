@@ -1,0 +1,138 @@
+"""`labeler schedule`, `check`, `status` and `run-once` as processes: signals, outages, secrets."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select
+from sqlalchemy.engine import make_url
+
+from labeler.schema import LABELLED, NEEDS_REVIEW, PENDING, photo, run
+from tests.test_processes import labeler_env, seed, spawn
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "s3cret-Pw-42"
+UNREACHABLE = f"postgresql+psycopg://labeler:{PASSWORD}@127.0.0.1:9/shelter"
+
+
+def wait_for(predicate, timeout: float = 120.0, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
+
+
+def test_sigterm_finishes_the_batch_and_releases_claims(
+    server_db_url: str, tiny_artifact: Path
+) -> None:
+    total = 600
+    seed(server_db_url, total)
+    env = labeler_env(server_db_url, tiny_artifact)
+    proc = spawn(["schedule", "--now"], env)
+    engine = create_engine(server_db_url)
+
+    def labelled() -> int:
+        with engine.connect() as conn:
+            return conn.execute(
+                select(func.count()).where(photo.c.status.in_([LABELLED, NEEDS_REVIEW]))
+            ).scalar_one()
+
+    try:
+        assert wait_for(lambda: labelled() >= 30), "the scheduled pass never started"
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "SIGTERM received" in out and "scheduler stopped" in out
+
+    with engine.connect() as conn:
+        claimed = conn.execute(
+            select(func.count()).where(photo.c.claimed_by.is_not(None))
+        ).scalar_one()
+        pending = conn.execute(select(func.count()).where(photo.c.status == PENDING)).scalar_one()
+        runs = list(conn.execute(select(run)))
+    engine.dispose()
+    done = labelled()
+    assert claimed == 0, "unfinished claims must be released on shutdown"
+    assert pending > 0 and done + pending == total, "it stopped early, losing nothing"
+    assert len(runs) == 1 and runs[0].status == "interrupted"
+    assert runs[0].labelled + runs[0].needs_review == done
+
+
+def test_schedule_keeps_running_while_the_database_is_unreachable(tiny_artifact: Path) -> None:
+    env = labeler_env(
+        UNREACHABLE,
+        tiny_artifact,
+        LABELER_FAILED_PASS_RETRY_SECONDS="1",
+        LABELER_DB_CONNECT_RETRIES="0",
+    )
+    proc = spawn(["schedule"], env)
+    try:
+        time.sleep(12)  # TensorFlow start-up, the start-up check, and a couple of retries
+        assert proc.poll() is None, "the scheduler must not exit because the database is down"
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert out.count("start-up check failed (database unreachable") >= 2, out
+    assert "tries again in" in out
+    assert PASSWORD not in out
+
+
+def test_check_and_run_once_fail_with_the_reason(tiny_artifact: Path) -> None:
+    env = labeler_env(
+        UNREACHABLE,
+        tiny_artifact,
+        LABELER_DB_CONNECT_RETRIES="1",
+        LABELER_DB_RETRY_BACKOFF_SECONDS="0.1",
+    )
+    check = spawn(["check"], env)
+    out = check.communicate(timeout=120)[0]
+    assert check.returncode == 1, out
+    assert "FAIL  database reachable" in out and "refused" in out.lower()
+    assert "ok    model" in out  # the other checks still run and report
+    run_once = spawn(["run-once"], env)
+    out2 = run_once.communicate(timeout=120)[0]
+    assert run_once.returncode == 1, out2
+    assert "database error" in out2 and "refused" in out2.lower()
+    assert PASSWORD not in out + out2
+
+
+def test_check_and_status_on_a_healthy_database(server_db_url: str, tiny_artifact: Path) -> None:
+    seed(server_db_url, 20)
+    url = make_url(server_db_url)
+    if url.get_backend_name() == "postgresql":
+        server_db_url = url.set(username="postgres", password=PASSWORD).render_as_string(
+            hide_password=False
+        )
+    env = labeler_env(server_db_url, tiny_artifact)
+    outputs = []
+    for args in (["check"], ["run-once"], ["status"], ["status", "--json"]):
+        proc = spawn(args, env)
+        out = proc.communicate(timeout=120)[0]
+        assert proc.returncode == 0, (args, out)
+        outputs.append(out)
+    check, _, status, status_json = outputs
+    assert check.count("ok    ") == 4
+    assert "photos:   20" in status and "recent runs:" in status and "run-once" in status
+    assert '"total": 20' in status_json
+    assert PASSWORD not in "".join(outputs)
+
+
+def test_check_reports_missing_migrations(server_db_url: str, tiny_artifact: Path) -> None:
+    env = labeler_env(server_db_url, tiny_artifact)
+    proc = spawn(["check"], env)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 1
+    assert "FAIL  migrations: schema is at nothing" in out and "labeler db upgrade" in out
+    assert "FAIL  photo source" in out and "'animals' does not exist" in out
