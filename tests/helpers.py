@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -56,7 +57,8 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
         return
     admin_url = make_url(SERVER_URLS[backend])
     name = f"labeler_t_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    # No pool: a test may restart the server in between.
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
     try:
         with admin.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {name}"))
