@@ -98,7 +98,8 @@ class Classifier:
     def predict_probabilities(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[0] == 0:
             return np.zeros((0, len(self.artifact.labels)), dtype=np.float32)
-        raw = np.asarray(self.model(batch, training=False), dtype=np.float64)
+        # predict_on_batch runs a compiled graph: faster and far leaner than an eager call.
+        raw = np.asarray(self.model.predict_on_batch(batch), dtype=np.float64)
         if raw.ndim != 2 or not np.all(np.isfinite(raw)):
             raise ValueError("the model returned non-finite or malformed probabilities")
         return calibrate(raw, self.artifact.temperature)

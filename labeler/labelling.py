@@ -81,6 +81,8 @@ class PassSummary:
     released: int = 0
     lost: int = 0
     seconds: float = 0.0
+    # Time spent per stage; prepare runs beside classify+save, so the sum can exceed `seconds`.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     model_version: str = ""
     errors: list[str] = field(default_factory=list)
 
@@ -172,6 +174,7 @@ class LabellingPass:
         self._abort = threading.Event()
         self._run_id = 0
         self._todo = 0
+        self.stage_seconds: dict[str, float] = {}
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -220,6 +223,7 @@ class LabellingPass:
             raise
         finally:
             summary.seconds = time.monotonic() - t0
+            summary.stage_seconds = dict(self.stage_seconds)
             summary.errors = [f"{n}x {msg}" if n > 1 else msg for msg, n in errors.most_common(10)]
             self._finish(summary)
         return summary
@@ -257,7 +261,9 @@ class LabellingPass:
         t_start = time.monotonic()
         try:
             while True:
+                t_wait = time.monotonic()
                 item = batches.get()
+                self._time("wait", t_wait)
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
@@ -320,7 +326,9 @@ class LabellingPass:
                     break
                 claimed += len(ids)
                 try:
+                    t_prepare = time.monotonic()
                     prepared = self._prepare(token, ids)
+                    self._time("prepare", t_prepare)
                 except BaseException:
                     self._release(token, self._run_id)
                     raise
@@ -396,7 +404,10 @@ class LabellingPass:
     ) -> repo.SaveCounts:
         outcomes = list(batch.failures)
         if batch.ids and batch.inputs is not None:
-            for photo_id, result in zip(batch.ids, self._predict(batch.inputs), strict=True):
+            t_classify = time.monotonic()
+            predictions = self._predict(batch.inputs)
+            self._time("classify", t_classify)
+            for photo_id, result in zip(batch.ids, predictions, strict=True):
                 ref = batch.refs.get(photo_id)
                 if isinstance(result, str):
                     outcomes.append(repo.Outcome(photo_id, FAILED, error=result, photo_ref=ref))
@@ -408,7 +419,8 @@ class LabellingPass:
         for outcome in outcomes:
             if outcome.status == FAILED and outcome.error:
                 errors[outcome.error.split(":")[0][:120]] += 1
-        return self._tx(
+        t_save = time.monotonic()
+        counts = self._tx(
             "saving results",
             lambda s: repo.save_outcomes(
                 s,
@@ -420,6 +432,11 @@ class LabellingPass:
                 self.clock(),
             ),
         )
+        self._time("save", t_save)
+        return counts
+
+    def _time(self, stage: str, since: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.monotonic() - since
 
     def _predict(self, inputs: np.ndarray) -> list[Prediction | str]:
         """Predict a batch; if the model fails on it, isolate the photos it fails on."""

@@ -78,22 +78,23 @@ def processed(r: object) -> int:
     return int(r.labelled + r.needs_review + r.failed)  # type: ignore[attr-defined]
 
 
-def test_two_labelers_at_once_label_each_row_exactly_once(
-    server_db_url: str, tiny_artifact: Path
+@pytest.mark.parametrize(("labelers", "rows"), [(2, 500), (3, 1000)])
+def test_labelers_at_once_label_each_row_exactly_once(
+    server_db_url: str, tiny_artifact: Path, labelers: int, rows: int
 ) -> None:
-    seed(server_db_url, 500)
+    seed(server_db_url, rows)
     env = labeler_env(server_db_url, tiny_artifact)
-    procs = [spawn(["run-once"], env) for _ in range(2)]
+    procs = [spawn(["run-once"], env) for _ in range(labelers)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert [p.returncode for p in procs] == [0] * labelers, outputs
 
     counts, runs, claimed = outcome_summary(server_db_url)
-    assert counts.get(LABELLED, 0) + counts.get(NEEDS_REVIEW, 0) == 500
+    assert counts.get(LABELLED, 0) + counts.get(NEEDS_REVIEW, 0) == rows
     assert FAILED not in counts and claimed == 0
-    assert len(runs) == 2 and all(r.status == "finished" for r in runs)
+    assert len(runs) == labelers and all(r.status == "finished" for r in runs)
     # Each result is counted by the run that wrote it, in the same transaction: the sum is
     # exactly the number of rows only if no row was written twice.
-    assert sum(processed(r) for r in runs) == 500
+    assert sum(processed(r) for r in runs) == rows
     assert all(r.lost == 0 for r in runs)
     assert all(processed(r) > 0 for r in runs), "both labelers should have taken a share"
     engine = create_engine(server_db_url)
