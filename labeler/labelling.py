@@ -271,7 +271,11 @@ class LabellingPass:
                 if self.stop.is_set():
                     summary.released += self._release(item.token, run_id)
                     continue
-                counts = self._classify_and_save(item, run_id, errors)
+                try:
+                    counts = self._classify_and_save(item, run_id, errors)
+                except BaseException:
+                    self._release(item.token, run_id)  # may fail too; then the claims expire
+                    raise
                 summary.labelled += counts.labelled
                 summary.needs_review += counts.needs_review
                 summary.failed += counts.failed
