@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("LABELER_TEST_SHARED", REPO.parent / "shared"))
 FULLFRAME = SHARED / "data" / "fullframe-sample"
 BREEDS_TSV = SHARED / "data" / "breeds.tsv"
 

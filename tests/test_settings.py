@@ -75,3 +75,16 @@ def test_password_is_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert "s3cret-pw" not in str(info.value)
+
+
+def test_log_records_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from labeler.redact import RedactingFilter, secrets_of
+
+    monkeypatch.setenv("LABELER_DATABASE_URL", "mysql+pymysql://app:p%40ss-w0rd@db/shelter")
+    secrets = secrets_of(load_settings())
+    assert "p@ss-w0rd" in secrets and "p%40ss-w0rd" in secrets
+    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed for %s", ("p@ss-w0rd",), None)
+    assert RedactingFilter(secrets).filter(record)
+    assert record.getMessage() == "failed for ***"
