@@ -186,7 +186,9 @@ def save_artifact(
         "quality_note": quality_note,
         **(extra or {}),
     }
-    (root / METADATA_FILE).write_text(json.dumps(meta, indent=2, default=_json_default) + "\n")
+    (root / METADATA_FILE).write_text(
+        json.dumps(meta, indent=2, default=_json_default, allow_nan=False) + "\n"
+    )
     return load_artifact(root)
 
 

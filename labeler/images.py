@@ -340,9 +340,13 @@ class _AllowListRedirects(urllib.request.HTTPRedirectHandler):
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         self.count += 1
-        if self.count > _MAX_REDIRECTS:
-            raise ImageError(f"photo URL redirects more than {_MAX_REDIRECTS} times")
-        _check_url(newurl, self.config)
+        try:
+            if self.count > _MAX_REDIRECTS:
+                raise ImageError(f"photo URL redirects more than {_MAX_REDIRECTS} times")
+            _check_url(newurl, self.config)
+        except ImageError:
+            fp.close()
+            raise
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         if new is not None:
             # urllib would read the redirect's whole body before following it: unbounded.

@@ -208,13 +208,13 @@ class LabellingPass:
                     s,
                     now=self.clock(),
                     max_attempts=self.config.max_attempts,
-                    pass_started=started,
+                    run_id=run_id,
                 ),
             )
             if self.config.max_rows is not None:
                 self._todo = min(self._todo, self.config.max_rows)
             self.progress(f"{self._todo} photos to label ({summary.discovered} new)")
-            self._label_all(run_id, started, summary, errors)
+            self._label_all(run_id, summary, errors)
             summary.status = "interrupted" if self.stop.is_set() else "finished"
         except Exception as exc:
             summary.status = "failed"
@@ -250,12 +250,10 @@ class LabellingPass:
             log.error("could not record the end of run %d: %s", summary.run_id, _short(exc))
         log.info("%s", summary.line())
 
-    def _label_all(
-        self, run_id: int, started: datetime, summary: PassSummary, errors: Counter[str]
-    ) -> None:
+    def _label_all(self, run_id: int, summary: PassSummary, errors: Counter[str]) -> None:
         batches: queue.Queue[Any] = queue.Queue(maxsize=1)
         producer = threading.Thread(
-            target=self._produce, args=(batches, started), name="labeler-prefetch", daemon=True
+            target=self._produce, args=(batches, run_id), name="labeler-prefetch", daemon=True
         )
         producer.start()
         t_start = time.monotonic()
@@ -315,7 +313,7 @@ class LabellingPass:
 
     # -- producer: claim, fetch, decode, preprocess ----------------------------------------
 
-    def _produce(self, batches: queue.Queue[Any], started: datetime) -> None:
+    def _produce(self, batches: queue.Queue[Any], run_id: int) -> None:
         claimed = 0
         try:
             while not (self.stop.is_set() or self._abort.is_set()):
@@ -325,7 +323,7 @@ class LabellingPass:
                     if limit <= 0:
                         break
                 token = f"{self.worker}:{uuid.uuid4().hex[:16]}"
-                ids = self._tx("claiming photos", partial(self._claim, token, limit, started))
+                ids = self._tx("claiming photos", partial(self._claim, token, limit, run_id))
                 if not ids:
                     break
                 claimed += len(ids)
@@ -343,7 +341,7 @@ class LabellingPass:
         except BaseException as exc:
             self._hand_over(batches, exc)
 
-    def _claim(self, token: str, limit: int, started: datetime, session: Session) -> list[str]:
+    def _claim(self, token: str, limit: int, run_id: int, session: Session) -> list[str]:
         return repo.claim(
             session,
             token,
@@ -351,7 +349,7 @@ class LabellingPass:
             ttl=self.config.claim_ttl,
             limit=limit,
             max_attempts=self.config.max_attempts,
-            pass_started=started,
+            run_id=run_id,
         )
 
     def _hand_over(self, batches: queue.Queue[Any], item: Any) -> bool:

@@ -110,12 +110,13 @@ def _insert_ignoring_duplicates(session: Session) -> Insert:
 # --- claims ----------------------------------------------------------------------------------
 
 
-def _claimable(now: datetime, max_attempts: int, pass_started: datetime) -> ColumnElement[bool]:
+def _claimable(now: datetime, max_attempts: int, run_id: int) -> ColumnElement[bool]:
     retryable_failure = and_(
         photo.c.status == FAILED,
         photo.c.attempts < max_attempts,
-        # a row that failed in this very pass waits for the next one
-        photo.c.updated_at < pass_started,
+        # a row that failed in this very pass waits for the next one (compared by run, not
+        # by time: MySQL's DATETIME keeps whole seconds only)
+        or_(photo.c.run_id.is_(None), photo.c.run_id != run_id),
     )
     return and_(
         or_(photo.c.status == PENDING, retryable_failure),
@@ -132,7 +133,7 @@ def claim(
     ttl: timedelta,
     limit: int,
     max_attempts: int,
-    pass_started: datetime,
+    run_id: int,
 ) -> list[str]:
     """Claim up to ``limit`` photos for ``token`` until ``now + ttl``.
 
@@ -140,7 +141,7 @@ def claim(
     disjoint rows without waiting; SQLite serialises writers (BEGIN IMMEDIATE). The UPDATE
     re-checks claimability, so a row can never be held by two tokens.
     """
-    eligible = _claimable(now, max_attempts, pass_started)
+    eligible = _claimable(now, max_attempts, run_id)
     candidates = select(photo.c.photo_id).where(eligible).limit(limit)
     if session.get_bind().dialect.name != "sqlite":
         candidates = candidates.with_for_update(skip_locked=True)
@@ -155,11 +156,9 @@ def claim(
     return list(session.scalars(select(photo.c.photo_id).where(photo.c.claimed_by == token)))
 
 
-def claimable_count(
-    session: Session, *, now: datetime, max_attempts: int, pass_started: datetime
-) -> int:
+def claimable_count(session: Session, *, now: datetime, max_attempts: int, run_id: int) -> int:
     """How many photos a pass starting now would label: the denominator of its progress."""
-    query = select(func.count()).where(_claimable(now, max_attempts, pass_started))
+    query = select(func.count()).where(_claimable(now, max_attempts, run_id))
     return int(session.scalar(query) or 0)
 
 

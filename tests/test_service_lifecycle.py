@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
 from labeler.schema import LABELLED, NEEDS_REVIEW, PENDING, photo, run
+from tests.helpers import REPO
 from tests.test_processes import labeler_env, seed, spawn
 
 pytestmark = pytest.mark.slow
@@ -67,24 +70,41 @@ def test_sigterm_finishes_the_batch_and_releases_claims(
     assert runs[0].labelled + runs[0].needs_review == done
 
 
-def test_schedule_keeps_running_while_the_database_is_unreachable(tiny_artifact: Path) -> None:
+def test_schedule_keeps_running_while_the_database_is_unreachable(
+    tiny_artifact: Path, tmp_path: Path
+) -> None:
     env = labeler_env(
         UNREACHABLE,
         tiny_artifact,
         LABELER_FAILED_PASS_RETRY_SECONDS="1",
         LABELER_DB_CONNECT_RETRIES="0",
     )
-    proc = spawn(["schedule"], env)
-    try:
-        time.sleep(12)  # TensorFlow start-up, the start-up check, and a couple of retries
-        assert proc.poll() is None, "the scheduler must not exit because the database is down"
-        proc.send_signal(signal.SIGTERM)
-        out = proc.communicate(timeout=60)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    log = tmp_path / "schedule.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "labeler", "schedule"],
+            cwd=REPO,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            # TensorFlow start-up, the start-up check, then at least one retry (1 s, then 2 s).
+            retried = wait_for(
+                lambda: log.read_text().count("start-up check failed (database unreachable") >= 2,
+                timeout=120,
+                interval=0.2,
+            )
+            assert proc.poll() is None, "the scheduler must not exit because the database is down"
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    out = log.read_text()
+    assert retried, out
     assert proc.returncode == 0, out
-    assert out.count("start-up check failed (database unreachable") >= 2, out
     assert "tries again in" in out
     assert PASSWORD not in out
 

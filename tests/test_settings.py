@@ -85,6 +85,8 @@ def test_log_records_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABELER_DATABASE_URL", "mysql+pymysql://app:p%40ss-w0rd@db/shelter")
     secrets = secrets_of(load_settings())
     assert "p@ss-w0rd" in secrets and "p%40ss-w0rd" in secrets
-    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed for %s", ("p@ss-w0rd",), None)
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "failed for %s", ("p@ss-w0rd",), None
+    )
     assert RedactingFilter(secrets).filter(record)
     assert record.getMessage() == "failed for ***"

@@ -23,7 +23,9 @@ def write_dataset(root: Path, per_class: int = 10, size: int = 40, seed: int = 0
             # Odd sizes too: the chain must resize whatever it gets.
             if i % 3 == 0:
                 img = img[: size - 5]
-            Image.fromarray(img).save(folder / f"{synset}_{i}.jpg" if i % 2 else folder / f"{synset}_{i}.png")
+            Image.fromarray(img).save(
+                folder / f"{synset}_{i}.jpg" if i % 2 else folder / f"{synset}_{i}.png"
+            )
     (root.parent / "breeds.tsv").write_text(
         "index\tsynset\tbreed\n"
         + "".join(f"{i}\t{s}\t{n.replace('_dog', '')}\n" for i, (s, n) in enumerate(CLASSES))

@@ -76,8 +76,9 @@ def test_load_images_runs_the_labeler_chain(tiny_data: Path) -> None:
 
 @pytest.mark.skipif(not (SHARED / "data" / "stanford-dogs-train").is_dir(), reason="no ../shared")
 def test_stanford_dogs_labels_match_breeds_tsv() -> None:
-    ds = discover(SHARED / "data" / "stanford-dogs-train", SHARED / "data" / "breeds.tsv",
-                  per_class=1)  # fmt: skip
+    ds = discover(
+        SHARED / "data" / "stanford-dogs-train", SHARED / "data" / "breeds.tsv", per_class=1
+    )
     rows = [r.split("\t") for r in (SHARED / "data/breeds.tsv").read_text().splitlines()[1:]]
     assert list(ds.class_ids) == [r[1] for r in rows]
     assert list(ds.class_names) == [r[2] for r in rows]

@@ -20,7 +20,13 @@ from training.models import (
 
 
 def _one_step(model: keras.Model, x: np.ndarray, classes: int) -> float:
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    # Eager, unjitted: tracing/XLA-compiling a big graph costs far more than one tiny step.
+    model.compile(
+        optimizer="adam",
+        loss="sparse_categorical_crossentropy",
+        run_eagerly=True,
+        jit_compile=False,
+    )
     y = np.arange(len(x)) % classes
     loss = model.train_on_batch(x, y)
     return float(np.asarray(loss).ravel()[0])
@@ -82,7 +88,8 @@ def test_fine_tuning_unfreezes_top_layers_but_never_batch_norm() -> None:
     assert n > 0
     bns = [x for x in backbone.layers if isinstance(x, keras.layers.BatchNormalization)]
     assert bns and not any(x.trainable for x in bns)
-    assert not backbone.layers[1].trainable and backbone.layers[-3].trainable is not None
+    convs = [x for x in backbone.layers if isinstance(x, keras.layers.Conv2D)]
+    assert not convs[0].trainable and convs[-1].trainable
     head = build_head(int(backbone.output_shape[-1]), 2)
     model = build_transfer_model(backbone, head, "tf", (32, 32, 3))
     moving = [w.numpy().copy() for x in bns for w in x.non_trainable_weights]

@@ -1,0 +1,1 @@
+"""Training: the study's preprocessing, baseline CNN and transfer learning."""

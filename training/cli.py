@@ -1,0 +1,210 @@
+"""Command line: ``python -m training {train,sweep,zero-shot} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DEFAULT_DATA = SHARED / "data" / "stanford-dogs-train"
+DEFAULT_TSV = SHARED / "data" / "breeds.tsv"
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) == 1:
+        return int(parts[0]), int(parts[0])
+    return int(parts[0]), int(parts[1])
+
+
+def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
+    parser.add_argument(
+        f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help
+    )
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="one folder per class")
+    p.add_argument(
+        "--breeds-tsv",
+        default=str(DEFAULT_TSV) if DEFAULT_TSV.is_file() else None,
+        help="index/synset/breed TSV naming the classes (default: ../shared/data/breeds.tsv)",
+    )
+    p.add_argument("--classes", type=int, default=None, help="keep the first N classes")
+    p.add_argument("--per-class", type=int, default=None, help="keep M photos per class")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default=None, help="where split, history, plots go (runs/...)")
+    p.add_argument("--image-cache", default="runs/image-cache")
+    p.add_argument("--feature-cache", default="runs/feature-cache")
+    p.add_argument("--workers", type=int, default=2)
+
+
+def _prep_args(p: argparse.ArgumentParser, size: str) -> None:
+    p.add_argument("--image-size", type=_size, default=_size(size), help="e.g. 64 or 64x64")
+    p.add_argument("--resize-mode", choices=("stretch", "center_crop", "pad"), default="stretch")
+    _bool_flag(p, "grayscale", False, "convert to one luma channel")
+    _bool_flag(p, "equalize", False, "histogram-equalize each channel")
+    p.add_argument("--whitening", choices=("none", "zca", "pca"), default="none")
+    p.add_argument("--whitening-epsilon", type=float, default=0.1)
+    p.add_argument("--pca-components", type=int, default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one model and write its artifact")
+    _data_args(t)
+    _prep_args(t, "64")
+    t.add_argument("--model", choices=("baseline", "transfer"), default="baseline")
+    t.add_argument("--output", default=None, help="artifact directory, e.g. models/baseline-cnn")
+    t.add_argument("--name", default=None, help="artifact name (default: output folder name)")
+    _bool_flag(t, "augment", True, "rotation/zoom/contrast/flip during training")
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--optimizer", default="adam")
+    t.add_argument("--learning-rate", type=float, default=None)
+    t.add_argument(
+        "--loss",
+        choices=("sparse_categorical_crossentropy", "label_smoothing", "focal"),
+        default="sparse_categorical_crossentropy",
+    )
+    t.add_argument("--patience", type=int, default=5, help="early stopping on val loss (0: off)")
+    t.add_argument("--time-budget", type=float, default=None, help="seconds per training stage")
+    t.add_argument("--filters", default="32,64,64,64")
+    t.add_argument("--activation", default="relu")
+    t.add_argument("--normalization", choices=("batchnorm", "dropout", "none"), default="batchnorm")
+    t.add_argument("--head", choices=("flatten", "gap"), default="flatten")
+    t.add_argument("--dropout", type=float, default=0.3)
+    t.add_argument("--backbone", default="vgg16")
+    t.add_argument(
+        "--weights", default="imagenet", help="'imagenet', a local .weights.h5 file, or 'none'"
+    )
+    t.add_argument("--head-hidden", type=int, default=0)
+    t.add_argument("--fine-tune-epochs", type=int, default=0)
+    t.add_argument("--fine-tune-fraction", type=float, default=0.2)
+    t.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
+    t.add_argument("--fine-tune-max-train", type=int, default=None)
+    t.add_argument("--target-accuracy", type=float, default=0.95)
+    _bool_flag(t, "plots", True, "write learning curves, confusion matrix, confused pairs")
+
+    s = sub.add_parser("sweep", help="rerun the study's comparisons on a subset")
+    _data_args(s)
+    s.set_defaults(classes=10, per_class=60)
+    s.add_argument("--image-size", type=_size, default=_size("48"))
+    s.add_argument("--epochs", type=int, default=8)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument(
+        "--groups",
+        default="all",
+        help="comma list of: preprocessing,augmentation,optimizer,loss,activation,"
+        "regularization,head,filters,backbone (default all)",
+    )
+    s.add_argument(
+        "--backbone-weights",
+        action="append",
+        default=[],
+        help="NAME=WEIGHTS for the backbone group, e.g. mobilenetv2=path.h5",
+    )
+    s.add_argument("--backbone-image-size", type=_size, default=_size("96"))
+    s.add_argument("--out", default="runs/sweep")
+
+    z = sub.add_parser("zero-shot", help="an ImageNet classifier restricted to the dog classes")
+    z.add_argument("--backbone", default="vgg16")
+    z.add_argument("--weights", default="imagenet", help="'imagenet' or a full (with top) file")
+    z.add_argument("--breeds-tsv", default=str(DEFAULT_TSV))
+    z.add_argument("--output", required=True)
+    z.add_argument("--image-size", type=_size, default=_size("224"))
+    z.add_argument("--name", default=None)
+    z.add_argument("--evaluate", default=None, help="optional dataset folder to measure on")
+    z.add_argument("--per-class", type=int, default=10)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command == "train":
+        return _train(args)
+    if args.command == "sweep":
+        from training.sweep import run_sweep
+
+        run_sweep(args)
+        return 0
+    from training.zero_shot import run_zero_shot
+
+    run_zero_shot(args)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import TrainConfig, run
+
+    name = args.name or (Path(args.output).name if args.output else f"{args.model}-run")
+    cfg = TrainConfig(
+        data_dir=args.data,
+        output=args.output,
+        run_dir=args.run_dir or f"runs/{name}",
+        name=name,
+        breeds_tsv=args.breeds_tsv,
+        max_classes=args.classes,
+        per_class=args.per_class,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        model=args.model,
+        image_size=args.image_size,
+        resize_mode=args.resize_mode,
+        grayscale=args.grayscale,
+        equalize=args.equalize,
+        whitening=args.whitening,
+        whitening_epsilon=args.whitening_epsilon,
+        pca_components=args.pca_components,
+        augment=args.augment,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        learning_rate=args.learning_rate,
+        loss=args.loss,
+        patience=args.patience,
+        time_budget_s=args.time_budget,
+        filters=tuple(int(f) for f in args.filters.split(",")),
+        activation=args.activation,
+        normalization=args.normalization,
+        head=args.head,
+        dropout=args.dropout,
+        backbone=args.backbone,
+        weights=None if args.weights == "none" else args.weights,
+        head_hidden=args.head_hidden,
+        feature_cache_dir=args.feature_cache or None,
+        image_cache_dir=args.image_cache or None,
+        fine_tune_epochs=args.fine_tune_epochs,
+        fine_tune_fraction=args.fine_tune_fraction,
+        fine_tune_learning_rate=args.fine_tune_learning_rate,
+        fine_tune_max_train=args.fine_tune_max_train,
+        target_accuracy=args.target_accuracy,
+        workers=args.workers,
+        plots=args.plots,
+    )
+    result = run(cfg)
+    m = result.metrics
+    print(
+        f"{name}: top1={m['top1']:.4f} top3={m['top3']:.4f} ece={m['ece']:.4f} "
+        f"ece_calibrated={m['ece_calibrated']:.4f} T={m['temperature']:.3f} "
+        f"review_threshold={m['review']['threshold']:.3f} "
+        f"val_review_share={m['review']['val_review_share']:.3f} "
+        f"test_review_share={m['review']['test_review_share']}"
+    )
+    return 0

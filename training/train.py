@@ -1,0 +1,490 @@
+"""One training run: data -> split -> preprocessing -> model -> metrics -> artifact.
+
+Everything a run decides (split, config, history, metrics, plots) is written to its run
+directory; the artifact written to ``models/<name>/`` holds only what serving needs plus the
+metadata that says how it was made. Photos never go into the artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from labeler.artifact import save_artifact
+from labeler.classifier import calibrate
+from labeler.preprocessing import (
+    PreprocessingConfig,
+    Whitening,
+    finish_batch,
+    fit_whitening,
+    flatten_for_whitening,
+)
+from training import calibration
+from training.augment import AugmentConfig, build_augmentation
+from training.backbones import load_backbone, weights_id
+from training.data import Dataset, cached_images, discover, split_fingerprint, stratified_split
+from training.data import write_split as write_split_csv
+from training.features import cached, extract_features, feature_cache_key
+from training.models import (
+    build_baseline_cnn,
+    build_feature_extractor,
+    build_head,
+    build_transfer_model,
+    preprocess_mode,
+    set_fine_tuning,
+)
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "nadam", "adadelta", "adagrad", "adamax", "ftrl")
+LOSSES = ("sparse_categorical_crossentropy", "label_smoothing", "focal")
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    output: str | None = None  # artifact directory; None trains and evaluates only
+    run_dir: str = "runs/latest"
+    name: str = "model"
+    breeds_tsv: str | None = None
+    max_classes: int | None = None
+    per_class: int | None = None
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    model: str = "baseline"  # baseline | transfer
+    # preprocessing chain
+    image_size: tuple[int, int] = (64, 64)
+    resize_mode: str = "stretch"
+    grayscale: bool = False
+    equalize: bool = False
+    whitening: str = "none"  # none | zca | pca
+    whitening_epsilon: float = 0.1
+    pca_components: int | None = None
+    # augmentation (training only)
+    augment: bool = True
+    augment_config: AugmentConfig = field(default_factory=AugmentConfig)
+    # optimisation
+    epochs: int = 20
+    batch_size: int = 64
+    optimizer: str = "adam"
+    learning_rate: float | None = None  # None: the optimizer's Keras default
+    loss: str = "sparse_categorical_crossentropy"
+    patience: int = 5
+    time_budget_s: float | None = None
+    # baseline CNN
+    filters: tuple[int, ...] = (32, 64, 64, 64)
+    activation: str = "relu"
+    normalization: str = "batchnorm"
+    head: str = "flatten"
+    dropout: float = 0.3
+    # transfer
+    backbone: str = "vgg16"
+    weights: str | None = "imagenet"
+    head_hidden: int = 0
+    feature_cache_dir: str | None = "runs/feature-cache"
+    image_cache_dir: str | None = "runs/image-cache"
+    fine_tune_epochs: int = 0
+    fine_tune_fraction: float = 0.2
+    fine_tune_learning_rate: float = 1e-5
+    fine_tune_max_train: int | None = None
+    # decision
+    target_accuracy: float = 0.95
+    workers: int = 2
+    plots: bool = True
+
+    def preprocessing(self, whitening: Whitening | None = None) -> PreprocessingConfig:
+        return PreprocessingConfig(
+            image_size=(int(self.image_size[0]), int(self.image_size[1])),
+            resize_mode=self.resize_mode,  # type: ignore[arg-type]
+            grayscale=self.grayscale,
+            equalize=self.equalize,
+            whitening=whitening,
+        )
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    metrics: dict[str, Any]
+    history: dict[str, list[float]]
+    model: keras.Model
+    preprocessing: PreprocessingConfig
+    class_names: tuple[str, ...]
+    test_probs: np.ndarray
+    test_labels: np.ndarray
+    test_indices: np.ndarray
+    dataset: Dataset
+    artifact_path: Path | None = None
+
+
+def make_optimizer(name: str, learning_rate: float | None) -> keras.optimizers.Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose from {OPTIMIZERS}")
+    opt = keras.optimizers.get(name)
+    if learning_rate is not None:
+        opt.learning_rate = learning_rate
+    return opt
+
+
+def make_loss(name: str, num_classes: int) -> tuple[Any, bool]:
+    """The loss and whether it wants one-hot targets."""
+    if name == "sparse_categorical_crossentropy":
+        return keras.losses.SparseCategoricalCrossentropy(), False
+    if name == "label_smoothing":
+        return keras.losses.CategoricalCrossentropy(label_smoothing=0.1), True
+    if name == "focal":
+        return keras.losses.CategoricalFocalCrossentropy(), True
+    raise ValueError(f"unknown loss {name!r}; choose from {LOSSES}")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One log line per epoch with wall time, and a stop once the time budget is spent."""
+
+    def __init__(self, stage: str, budget_s: float | None = None) -> None:
+        super().__init__()
+        self.stage = stage
+        self.budget_s = budget_s
+        self.epoch_times: list[float] = []
+        self._start = 0.0
+        self._t0 = time.perf_counter()
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        took = time.perf_counter() - self._start
+        self.epoch_times.append(took)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
+        log.info("%s epoch %d: %.1fs %s", self.stage, epoch + 1, took, shown)
+        if self.budget_s is not None and time.perf_counter() - self._t0 > self.budget_s:
+            log.info("%s: time budget of %.0fs spent, stopping", self.stage, self.budget_s)
+            self.model.stop_training = True
+
+
+def _fit(
+    model: keras.Model,
+    x: np.ndarray,
+    y: np.ndarray,
+    val: tuple[np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    stage: str,
+    epochs: int,
+    budget_s: float | None,
+) -> tuple[dict[str, list[float]], list[float]]:
+    timer = EpochLog(stage, budget_s)
+    callbacks: list[keras.callbacks.Callback] = [timer]
+    if cfg.patience and len(val[0]):
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.patience, restore_best_weights=True
+            )
+        )
+    # Without early stopping, skip per-epoch validation: on a CPU a backbone pass over the
+    # validation photos can cost as much as the fine-tuning epoch itself.
+    hist = model.fit(
+        x,
+        y,
+        validation_data=val if len(val[0]) and cfg.patience else None,
+        epochs=epochs,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    return {k: [float(v) for v in vs] for k, vs in hist.history.items()}, timer.epoch_times
+
+
+def _targets(y: np.ndarray, one_hot: bool, num_classes: int) -> np.ndarray:
+    return np.eye(num_classes, dtype=np.float32)[y] if one_hot else y
+
+
+def _with_augmentation(
+    serving: keras.Model, cfg: TrainConfig, input_shape: tuple[int, ...], whitened: bool
+) -> keras.Model:
+    """The training graph: augmentation layers in front of the serving model."""
+    if not cfg.augment or not cfg.augment_config.active or len(input_shape) != 3:
+        return serving
+    aug_cfg = cfg.augment_config
+    if whitened:
+        # Contrast on whitened values has no fixed range to clip to; geometry still applies.
+        aug_cfg = replace(aug_cfg, contrast=0.0)
+    inputs = keras.Input(input_shape)
+    x = build_augmentation(aug_cfg, seed=cfg.seed)(inputs)
+    return keras.Model(inputs, serving(x), name="training_graph")
+
+
+def prepare(cfg: TrainConfig) -> tuple[Dataset, dict[str, np.ndarray], str, np.ndarray]:
+    dataset = discover(cfg.data_dir, cfg.breeds_tsv, cfg.max_classes, cfg.per_class, cfg.seed)
+    split = stratified_split(dataset.labels, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    fingerprint = split_fingerprint(dataset, split)
+    log.info(
+        "dataset %s: %d images, %d classes; split train/val/test %d/%d/%d (fingerprint %s)",
+        cfg.data_dir,
+        len(dataset),
+        len(dataset.class_names),
+        len(split["train"]),
+        len(split["val"]),
+        len(split["test"]),
+        fingerprint,
+    )
+    t0 = time.perf_counter()
+    image_cache = Path(cfg.image_cache_dir) if cfg.image_cache_dir else None
+    images = cached_images(image_cache, dataset, cfg.preprocessing(), cfg.workers)
+    log.info("images loaded and preprocessed in %.1fs", time.perf_counter() - t0)
+    return dataset, split, fingerprint, images
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    keras.utils.set_random_seed(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset, split, fingerprint, images = prepare(cfg)
+    write_split_csv(run_dir / "split.csv", dataset, split)
+    y = dataset.labels
+    num_classes = len(dataset.class_names)
+    tr, va, te = split["train"], split["val"], split["test"]
+    timings: dict[str, Any] = {}
+
+    whitening = None
+    if cfg.whitening != "none":
+        if cfg.model != "baseline":
+            raise ValueError("whitening is for the baseline CNN; ImageNet backbones expect pixels")
+        t0 = time.perf_counter()
+        whitening = fit_whitening(
+            flatten_for_whitening(images[tr]),
+            cfg.whitening,  # type: ignore[arg-type]
+            cfg.whitening_epsilon,
+            cfg.pca_components,
+        )
+        timings["whitening_fit_s"] = time.perf_counter() - t0
+    prep = cfg.preprocessing(whitening)
+    input_shape = prep.output_shape()
+    loss, one_hot = make_loss(cfg.loss, num_classes)
+    extra: dict[str, Any] = {}
+
+    if cfg.model == "baseline":
+        x_all = finish_batch(images, prep)
+        serving = build_baseline_cnn(
+            input_shape,
+            num_classes,
+            filters=cfg.filters,
+            activation=cfg.activation,
+            normalization=cfg.normalization,  # type: ignore[arg-type]
+            head=cfg.head,  # type: ignore[arg-type]
+            dropout=cfg.dropout,
+            rescale=whitening is None,
+        )
+        trainer = _with_augmentation(serving, cfg, input_shape, whitening is not None)
+        trainer.compile(
+            optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
+            loss=loss,
+            metrics=["accuracy"],
+            jit_compile=False,
+        )
+        history, epoch_times = _fit(
+            trainer,
+            x_all[tr],
+            _targets(y[tr], one_hot, num_classes),
+            (x_all[va], _targets(y[va], one_hot, num_classes)),
+            cfg,
+            "baseline",
+            cfg.epochs,
+            cfg.time_budget_s,
+        )
+        timings["epoch_s"] = epoch_times
+        val_probs = _predict(serving, x_all[va])
+        test_probs = _predict(serving, x_all[te])
+        kind = "baseline_cnn"
+    elif cfg.model == "transfer":
+        if len(input_shape) != 3:
+            raise ValueError("transfer learning needs image input")
+        img_shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+        mode = preprocess_mode(cfg.backbone)
+        backbone = load_backbone(cfg.backbone, cfg.weights, (*img_shape[:2], 3))
+        wid = weights_id(cfg.weights)
+        extractor = build_feature_extractor(backbone, mode, img_shape)
+        key = feature_cache_key(
+            cfg.backbone, wid, prep, [dataset.relative(i) for i in range(len(dataset))]
+        )
+        t0 = time.perf_counter()
+        cache_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else None
+        feats = cached(cache_dir, key, lambda: extract_features(extractor, images, prep))
+        timings["features_s"] = time.perf_counter() - t0
+        head = build_head(int(feats.shape[1]), num_classes, hidden=cfg.head_hidden)
+        head.compile(
+            optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
+            loss=loss,
+            metrics=["accuracy"],
+            jit_compile=False,
+        )
+        history, epoch_times = _fit(
+            head,
+            feats[tr],
+            _targets(y[tr], one_hot, num_classes),
+            (feats[va], _targets(y[va], one_hot, num_classes)),
+            cfg,
+            "head",
+            cfg.epochs,
+            cfg.time_budget_s,
+        )
+        timings["head_epoch_s"] = epoch_times
+        serving = build_transfer_model(backbone, head, mode, img_shape)
+        head_val = _predict(head, feats[va])
+        head_test = _predict(head, feats[te])
+        extra["head_only"] = {
+            "val_top1": calibration.top_k_accuracy(head_val, y[va]),
+            "test_top1": calibration.top_k_accuracy(head_test, y[te]),
+            "test_top3": calibration.top_k_accuracy(head_test, y[te], 3),
+        }
+        val_probs, test_probs = head_val, head_test
+        if cfg.fine_tune_epochs > 0:
+            n_trainable = set_fine_tuning(backbone, cfg.fine_tune_fraction)
+            ft_train = tr
+            if cfg.fine_tune_max_train is not None and cfg.fine_tune_max_train < len(tr):
+                rng = np.random.default_rng(cfg.seed)
+                ft_train = np.sort(rng.choice(tr, cfg.fine_tune_max_train, replace=False))
+            log.info("fine-tuning %d backbone layers on %d images", n_trainable, len(ft_train))
+            trainer = _with_augmentation(serving, cfg, img_shape, False)
+            trainer.compile(
+                optimizer=keras.optimizers.Adam(cfg.fine_tune_learning_rate),
+                loss=loss,
+                metrics=["accuracy"],
+                jit_compile=False,
+            )
+            ft_history, ft_times = _fit(
+                trainer,
+                finish_batch(images[ft_train], prep),
+                _targets(y[ft_train], one_hot, num_classes),
+                (finish_batch(images[va], prep), _targets(y[va], one_hot, num_classes)),
+                cfg,
+                "fine-tune",
+                cfg.fine_tune_epochs,
+                cfg.time_budget_s,
+            )
+            timings["fine_tune_epoch_s"] = ft_times
+            history = {**history, **{f"ft_{k}": v for k, v in ft_history.items()}}
+            val_probs = _predict(serving, finish_batch(images[va], prep))
+            test_probs = _predict(serving, finish_batch(images[te], prep))
+            extra["fine_tune"] = {
+                "trainable_layers": n_trainable,
+                "train_images": len(ft_train),
+                "test_top1": calibration.top_k_accuracy(test_probs, y[te]),
+            }
+        extra["backbone"] = {"name": cfg.backbone, "weights": wid, "preprocess_mode": mode}
+        kind = "transfer"
+    else:
+        raise ValueError(f"unknown model kind {cfg.model!r}")
+
+    metrics = _metrics(val_probs, y[va], test_probs, y[te], dataset.class_names, cfg)
+    metrics["timings"] = timings
+    metrics.update(extra)
+    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+    (run_dir / "config.json").write_text(json.dumps(config_dict(cfg), indent=1))
+    result = TrainResult(
+        cfg, metrics, history, serving, prep, dataset.class_names, test_probs, y[te], te, dataset
+    )
+    if cfg.output:
+        result.artifact_path = write_artifact(result, fingerprint, kind)
+    if cfg.plots:
+        from training import plots
+
+        plots.run_report(result, run_dir)
+    return result
+
+
+def _predict(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    if len(x) == 0:
+        return np.zeros((0, int(model.output_shape[-1])), dtype=np.float64)
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+
+def _metrics(
+    val_probs: np.ndarray,
+    val_y: np.ndarray,
+    test_probs: np.ndarray,
+    test_y: np.ndarray,
+    names: tuple[str, ...],
+    cfg: TrainConfig,
+) -> dict[str, Any]:
+    temperature = calibration.fit_temperature(val_probs, val_y)
+    val_cal = calibrate(val_probs, temperature)
+    test_cal = calibrate(test_probs, temperature)
+    review = calibration.choose_review_threshold(val_cal, val_y, cfg.target_accuracy)
+    test_conf = test_cal.max(axis=1) if len(test_y) else np.zeros(0)
+    auto = test_conf >= review.threshold
+    test_auto_acc = (
+        float(np.mean(test_cal.argmax(axis=1)[auto] == test_y[auto])) if auto.any() else None
+    )
+    test = calibration.evaluate(test_probs, test_y, names)
+    val = calibration.evaluate(val_probs, val_y, names)
+    return {
+        "split_used": "test",
+        "top1": test["top1"],
+        "top3": test["top3"],
+        "ece": test["ece"],
+        "ece_calibrated": calibration.expected_calibration_error(test_cal, test_y),
+        "nll": test["nll"],
+        "per_breed_accuracy": test["per_class_accuracy"],
+        "n_test": test["n"],
+        "validation": {k: v for k, v in val.items() if k != "per_class_accuracy"},
+        "temperature": temperature,
+        "review": {
+            "target_accuracy": review.target,
+            "threshold": review.threshold,
+            "val_review_share": review.review_share,
+            # None, not NaN, when nothing clears the threshold: NaN is not valid JSON.
+            "val_auto_accuracy": None if np.isnan(review.auto_accuracy) else review.auto_accuracy,
+            "test_review_share": float(1 - auto.mean()) if len(test_y) else None,
+            "test_auto_accuracy": test_auto_acc,
+        },
+    }
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(asdict(cfg), default=str))
+
+
+def write_artifact(result: TrainResult, fingerprint: str, kind: str) -> Path:
+    cfg = result.config
+    m = result.metrics
+    out = Path(cfg.output or "")
+    note = (
+        f"{kind} trained on {len(result.class_names)} classes: held-out top-1 {m['top1']:.2f}, "
+        f"top-3 {m['top3']:.2f}"
+    )
+    save_artifact(
+        out,
+        result.model,
+        list(result.class_names),
+        result.preprocessing,
+        name=cfg.name,
+        kind=kind,
+        temperature=m["temperature"],
+        decision={"review_threshold": m["review"]["threshold"], "review_margin": 0.0},
+        quality_note=note,
+        extra={
+            "metrics": {k: v for k, v in m.items() if k not in ("backbone",)},
+            "backbone": m.get("backbone"),
+            "training": config_dict(cfg),
+            "data": {
+                "root": str(cfg.data_dir),
+                "split_fingerprint": fingerprint,
+                "n_images": len(result.dataset),
+                "class_ids": list(result.dataset.class_ids),
+            },
+        },
+    )
+    log.info("artifact written to %s", out)
+    return out
