@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -143,9 +144,7 @@ def run_demo(demo_dir: Path, *, photos: Path | None = None, reset: bool = True) 
     artifact = service.classifier.artifact
     print(f"database: {database} ({origin}; one cat, filtered out; one missing photo)")
     print(f"model:    {artifact.describe()}")
-    metrics = artifact.metadata.get("metrics") or {}
-    if "top1" in metrics:
-        print(f"          held-out top-1 {metrics['top1']:.2f}, top-3 {metrics.get('top3', 0):.2f}")
+    print(f"worth:    {_worth(artifact.metadata.get('metrics') or {})}")
     print(
         f"decision: review below confidence {service.thresholds.review_threshold:.2f}"
         f" or top-2 margin {service.thresholds.review_margin:.2f}"
@@ -175,3 +174,20 @@ def run_demo(demo_dir: Path, *, photos: Path | None = None, reset: bool = True) 
     )
     service.engine.dispose()
     return 0
+
+
+def _worth(metrics: dict[str, Any]) -> str:
+    """What the model's labels are worth, in the words a volunteer would use."""
+    if "top1" not in metrics:
+        return "no held-out measurements: treat every breed it gives as a guess"
+    text = (
+        f"first guess right on {metrics['top1']:.0%} of held-out photos, "
+        f"right breed among its top 3 on {metrics.get('top3', 0):.0%}"
+    )
+    review = metrics.get("review") or {}
+    share, accuracy = review.get("test_review_share"), review.get("test_auto_accuracy")
+    if share is not None and accuracy is not None:
+        text += f"; {share:.0%} go to review, the rest are {accuracy:.0%} right"
+    elif share == 1.0:
+        text += "; too weak to label anything on its own, so every photo goes to review"
+    return text
