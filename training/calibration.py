@@ -110,13 +110,14 @@ class ReviewThreshold:
 
 
 def choose_review_threshold(
-    probs: np.ndarray, labels: np.ndarray, target: float = 0.95
+    probs: np.ndarray, labels: np.ndarray, target: float = 0.95, min_auto_rows: int = 30
 ) -> ReviewThreshold:
     """The lowest confidence threshold whose auto-labelled rows are >= ``target`` correct.
 
     Lowest, because every row above the threshold skips review: the smallest threshold that
-    meets the accuracy target sends the fewest rows to people. When no threshold reaches the
-    target, everything goes to review (threshold 1.0).
+    meets the accuracy target sends the fewest rows to people. The target must hold on at
+    least ``min_auto_rows`` validation rows: "1 of 1 right" says nothing about the next
+    thousand. When no threshold qualifies, everything goes to review (threshold 1.0).
     """
     n = len(labels)
     if n == 0:
@@ -128,7 +129,7 @@ def choose_review_threshold(
     # Accuracy of the top-m most confident rows, for every m.
     cum_acc = np.cumsum(correct_sorted) / np.arange(1, n + 1)
     best_m = 0
-    for m in range(n, 0, -1):
+    for m in range(n, max(min_auto_rows, 1) - 1, -1):
         # A threshold can only cut between distinct confidences.
         if m < n and conf_sorted[m] == conf_sorted[m - 1]:
             continue

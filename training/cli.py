@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
     t.add_argument("--fine-tune-max-train", type=int, default=None)
     t.add_argument("--target-accuracy", type=float, default=0.95)
+    t.add_argument(
+        "--review-min-rows",
+        type=int,
+        default=30,
+        help="validation rows the target must hold on before a threshold is recommended",
+    )
     _bool_flag(t, "plots", True, "write learning curves, confusion matrix, confused pairs")
 
     s = sub.add_parser("sweep", help="rerun the study's comparisons on a subset")
@@ -195,6 +201,7 @@ def _train(args: argparse.Namespace) -> int:
         fine_tune_learning_rate=args.fine_tune_learning_rate,
         fine_tune_max_train=args.fine_tune_max_train,
         target_accuracy=args.target_accuracy,
+        review_min_rows=args.review_min_rows,
         workers=args.workers,
         plots=args.plots,
     )

@@ -97,6 +97,7 @@ class TrainConfig:
     fine_tune_max_train: int | None = None
     # decision
     target_accuracy: float = 0.95
+    review_min_rows: int = 30
     workers: int = 2
     plots: bool = True
 
@@ -421,7 +422,9 @@ def _metrics(
     temperature = calibration.fit_temperature(val_probs, val_y)
     val_cal = calibrate(val_probs, temperature)
     test_cal = calibrate(test_probs, temperature)
-    review = calibration.choose_review_threshold(val_cal, val_y, cfg.target_accuracy)
+    review = calibration.choose_review_threshold(
+        val_cal, val_y, cfg.target_accuracy, cfg.review_min_rows
+    )
     test_conf = test_cal.max(axis=1) if len(test_y) else np.zeros(0)
     auto = test_conf >= review.threshold
     test_auto_acc = (
@@ -442,6 +445,7 @@ def _metrics(
         "temperature": temperature,
         "review": {
             "target_accuracy": review.target,
+            "min_rows": cfg.review_min_rows,
             "threshold": review.threshold,
             "val_review_share": review.review_share,
             # None, not NaN, when nothing clears the threshold: NaN is not valid JSON.

@@ -69,23 +69,34 @@ def test_review_threshold_is_the_lowest_meeting_the_target() -> None:
     conf = np.array([0.99, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.35])
     probs = np.stack([conf, (1 - conf) / 2, (1 - conf) / 2], axis=1)  # class 0 always wins
     labels = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 1])  # the 7 most confident are right
-    r = choose_review_threshold(probs, labels, 0.95)
+    r = choose_review_threshold(probs, labels, 0.95, min_auto_rows=1)
     assert r.threshold == 0.5
     assert abs(r.review_share - 0.3) < 1e-12
     assert r.auto_accuracy == 1.0
     # A lower target lets one wrong row through: 8 rows, 7 right = 0.875.
-    r = choose_review_threshold(probs, labels, 0.85)
+    r = choose_review_threshold(probs, labels, 0.85, min_auto_rows=1)
     assert r.threshold == 0.45 and abs(r.review_share - 0.2) < 1e-12
 
 
 def test_review_threshold_sends_everything_to_review_when_unreachable() -> None:
     probs = np.array([[0.9, 0.1], [0.8, 0.2]])
-    r = choose_review_threshold(probs, np.array([1, 1]), 0.95)
+    r = choose_review_threshold(probs, np.array([1, 1]), 0.95, min_auto_rows=1)
     assert r.threshold == 1.0 and r.review_share == 1.0
 
 
 def test_review_threshold_never_splits_tied_confidences() -> None:
     probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4]])
     # The two 0.9 rows are one right, one wrong: cannot keep just the right one.
-    r = choose_review_threshold(probs, np.array([0, 1, 0]), 0.95)
+    r = choose_review_threshold(probs, np.array([0, 1, 0]), 0.95, min_auto_rows=1)
     assert r.threshold == 1.0
+
+
+def test_review_threshold_needs_enough_rows_above_it() -> None:
+    # Only the single most confident of 100 rows is right: "100 % correct" on one row.
+    conf = np.linspace(0.99, 0.3, 100)
+    probs = np.stack([conf, 1 - conf], axis=1)
+    labels = np.ones(100, dtype=int)
+    labels[0] = 0
+    assert choose_review_threshold(probs, labels, 0.95, min_auto_rows=1).threshold == 0.99
+    r = choose_review_threshold(probs, labels, 0.95)  # default: at least 30 rows
+    assert r.threshold == 1.0 and r.review_share == 1.0
