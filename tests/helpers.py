@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import uuid
@@ -72,6 +73,15 @@ def fresh_database(backend: str, tmp_path: Path) -> Iterator[str]:
             if backend == "postgresql":
                 conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
             else:
+                # MariaDB has no FORCE: a connection left open (a killed labeler, a failing
+                # test's traceback) would hold a metadata lock and hang the DROP forever.
+                leftover = conn.execute(
+                    text("SELECT id FROM information_schema.processlist WHERE db = :db"),
+                    {"db": name},
+                ).scalars()
+                for session_id in list(leftover):
+                    with contextlib.suppress(Exception):  # it may have ended meanwhile
+                        conn.execute(text(f"KILL {int(session_id)}"))
                 conn.execute(text(f"DROP DATABASE IF EXISTS {name}"))
         admin.dispose()
 

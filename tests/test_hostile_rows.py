@@ -207,7 +207,8 @@ def test_hostile_rows_fail_alone(db_url: str, tiny_artifact: Path) -> None:
 
     # The shelter's data: only breed and breed_confidence of labelled rows changed.
     assert set(source_after) == set(source_before)
-    columns = list(engine.connect().execute(text("SELECT * FROM animals WHERE 1 = 0")).keys())
+    with engine.connect() as conn:
+        columns = list(conn.execute(text("SELECT * FROM animals WHERE 1 = 0")).keys())
     breed_at, confidence_at = columns.index("breed"), columns.index("breed_confidence")
     for pid, before in source_before.items():
         after = source_after[pid]
