@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import keras
 
-from training.models import backbone_constructor, build_backbone
+from training.models import backbone_constructor, backbone_kwargs, build_backbone
 
 
 def weights_id(weights: str | None) -> str:
@@ -35,15 +34,10 @@ def load_backbone(
 ) -> keras.Model:
     if weights is None or weights == "none":
         return build_backbone(name, input_shape, include_top=include_top)
-    ctor = backbone_constructor(name)
-    kwargs: dict[str, Any] = {"weights": weights, "include_top": include_top}
-    if include_top:
-        kwargs["classifier_activation"] = "softmax"
-    else:
-        kwargs["pooling"] = "avg"
+    kwargs = backbone_kwargs(weights, include_top)
     if weights != "imagenet" and not Path(weights).is_file():
         raise FileNotFoundError(f"backbone weights file {weights} does not exist")
     # Keras refuses a non-default input shape with the top on; the classifier is 224x224.
     if not include_top or tuple(input_shape[:2]) != (224, 224):
         kwargs["input_shape"] = input_shape
-    return ctor(**kwargs)
+    return backbone_constructor(name)(**kwargs)

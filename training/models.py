@@ -95,14 +95,19 @@ def build_backbone(
 
     Without the top it ends in global average pooling, so it maps images to feature vectors.
     """
-    ctor = backbone_constructor(name)
-    kwargs: dict[str, Any] = {"weights": None, "include_top": include_top}
+    kwargs = backbone_kwargs(None, include_top)
+    kwargs["input_shape"] = input_shape
+    return backbone_constructor(name)(**kwargs)
+
+
+def backbone_kwargs(weights: str | None, include_top: bool) -> dict[str, Any]:
+    """Constructor arguments shared by random and pretrained backbones."""
+    kwargs: dict[str, Any] = {"weights": weights, "include_top": include_top}
     if include_top:
         kwargs["classifier_activation"] = "softmax"
     else:
-        kwargs["pooling"] = "avg"
-    kwargs["input_shape"] = input_shape
-    return ctor(**kwargs)
+        kwargs["pooling"] = "avg"  # images -> feature vectors
+    return kwargs
 
 
 def build_head(
