@@ -9,11 +9,22 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from tests.helpers import BACKENDS, ServerUnavailable, build_tiny_artifact, fresh_database
+from tests.helpers import (
+    ALLOW_SKIP,
+    BACKENDS,
+    SHARED,
+    ServerUnavailable,
+    build_tiny_artifact,
+    fresh_database,
+)
 
-# In CI a missing database server is a failure, never a skip. A developer without the servers
-# may opt into skipping with LABELER_TEST_SKIP_UNAVAILABLE=1.
-ALLOW_SKIP = os.environ.get("LABELER_TEST_SKIP_UNAVAILABLE") == "1" and not os.environ.get("CI")
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not (SHARED / "data").is_dir() and not ALLOW_SKIP:
+        raise pytest.UsageError(
+            f"the shared data folder was not found (looked for {SHARED}): put it beside the "
+            "project or set LABELER_TEST_SHARED to its path"
+        )
 
 
 @pytest.fixture(autouse=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 from sqlalchemy import (
     Column,
@@ -31,7 +32,20 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LABELER_TEST_SHARED", REPO.parent / "shared"))
+
+
+def _find_shared() -> Path:
+    """The shared data folder: LABELER_TEST_SHARED, else ``shared/`` beside the project (or
+    beside one of its parent folders, for a clone made deeper), else this machine's copy."""
+    if "LABELER_TEST_SHARED" in os.environ:
+        return Path(os.environ["LABELER_TEST_SHARED"])
+    for candidate in (*(p / "shared" for p in REPO.parents), Path("/work/shared")):
+        if (candidate / "data").is_dir():
+            return candidate
+    return REPO.parent / "shared"
+
+
+SHARED = _find_shared()
 FULLFRAME = SHARED / "data" / "fullframe-sample"
 BREEDS_TSV = SHARED / "data" / "breeds.tsv"
 
@@ -44,6 +58,21 @@ SERVER_URLS = {
     ),
 }
 BACKENDS = ("sqlite", "postgresql", "mariadb")
+
+# In CI a missing database server or data folder is a failure, never a skip. A developer
+# without them may opt into skipping with LABELER_TEST_SKIP_UNAVAILABLE=1.
+ALLOW_SKIP = os.environ.get("LABELER_TEST_SKIP_UNAVAILABLE") == "1" and not os.environ.get("CI")
+
+
+def require(path: Path) -> Path:
+    """``path`` from the shared data folder, or fail the test (skip only when allowed)."""
+    if not path.exists():
+        message = f"{path} is missing: put the shared data beside the project or set "
+        message += "LABELER_TEST_SHARED"
+        if ALLOW_SKIP:
+            pytest.skip(message)
+        pytest.fail(message)
+    return path
 
 
 class ServerUnavailable(Exception):

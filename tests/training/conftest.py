@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared"
+from tests.helpers import SHARED
+
+__all__ = ["SHARED"]
 
 # Three visually separable classes: a learnable problem in a handful of steps.
 CLASSES = (("n00000001", "red_dog"), ("n00000002", "green_dog"), ("n00000003", "blue_dog"))

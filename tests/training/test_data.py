@@ -3,9 +3,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from labeler.preprocessing import PreprocessingConfig
+from tests.helpers import SHARED, require
 from training.data import (
     discover,
     load_images,
@@ -13,8 +13,6 @@ from training.data import (
     stratified_split,
     write_split,
 )
-
-from .conftest import SHARED
 
 
 def test_discover_orders_labels_by_folder_and_names_from_tsv(tiny_data: Path) -> None:
@@ -74,8 +72,8 @@ def test_load_images_runs_the_labeler_chain(tiny_data: Path) -> None:
     assert images.max() == 255 and images.min() == 0  # equalized: full range
 
 
-@pytest.mark.skipif(not (SHARED / "data" / "stanford-dogs-train").is_dir(), reason="no ../shared")
 def test_stanford_dogs_labels_match_breeds_tsv() -> None:
+    require(SHARED / "data" / "stanford-dogs-train")
     ds = discover(
         SHARED / "data" / "stanford-dogs-train", SHARED / "data" / "breeds.tsv", per_class=1
     )

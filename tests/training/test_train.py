@@ -11,11 +11,10 @@ import pytest
 from labeler.artifact import load_artifact
 from labeler.classifier import Classifier
 from labeler.preprocessing import preprocess_batch
+from tests.helpers import SHARED, require
 from training import features
 from training.data import read_rgb
 from training.train import TrainConfig, run
-
-from .conftest import SHARED
 
 MOBILENETV2 = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"
 
@@ -143,8 +142,8 @@ def test_transfer_caches_features_and_fine_tunes(
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MOBILENETV2.is_file(), reason="no ../shared MobileNetV2 weights")
 def test_real_mobilenetv2_weights_separate_real_breeds(tmp_path: Path) -> None:
+    require(MOBILENETV2)
     cfg = _config(
         SHARED / "data" / "stanford-dogs-train",
         tmp_path,

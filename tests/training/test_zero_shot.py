@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 from labeler.classifier import Classifier
+from tests.helpers import SHARED, require
 from training.cli import main
 from training.zero_shot import IMAGENET_INDEX, REJECT_LABEL, imagenet_indices, read_breeds
-
-from .conftest import SHARED
 
 TSV = SHARED / "data" / "breeds.tsv"
 
@@ -28,8 +27,8 @@ def test_imagenet_dog_region_is_consistent_with_sorted_wnids() -> None:
         imagenet_indices(["n01440764"])  # tench: not a dog
 
 
-@pytest.mark.skipif(not TSV.is_file(), reason="no ../shared")
 def test_the_120_stanford_breeds_map_to_120_distinct_imagenet_dogs() -> None:
+    require(TSV)
     synsets, breeds = read_breeds(TSV)
     indices = imagenet_indices(synsets)
     assert len(indices) == len(set(indices)) == 120
