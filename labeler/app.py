@@ -5,19 +5,26 @@ Called from ``main()``, never at import."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
+from labeler.artifact import Artifact
 from labeler.classifier import Classifier
-from labeler.db import make_engine
+from labeler.db import RetryPolicy, make_engine, utc_now
 from labeler.decision import Thresholds, resolve_thresholds
 from labeler.images import LoaderConfig
-from labeler.labelling import Clock, LabellingPass, PassConfig, PassSummary, utc_now
-from labeler.settings import Settings
-from labeler.source import Source, reflect_source
+from labeler.labelling import LabellingPass, PassConfig, PassSummary
+from labeler.repository import ImageLimit
+from labeler.settings import ConfigError, Settings
+from labeler.source import Source, SourceError, reflect_source
+from labeler.store import SqlStore
+from labeler.writeback import Target, reflect_target
 
 log = logging.getLogger("labeler")
 
@@ -43,6 +50,33 @@ def pass_config(settings: Settings, thresholds: Thresholds) -> PassConfig:
         db_backoff_seconds=settings.db_retry_backoff_seconds,
         thresholds=thresholds,
         loader=loader_config(settings),
+        prefetch_batches=settings.prefetch_batches,
+        group_disagreement=settings.group_disagreement,  # shelter fit
+    )
+
+
+def load_classifier(settings: Settings, model_dir: Path | None = None) -> Classifier:
+    """The model with the runtime that settings ask for (see labeler.runtime)."""
+    return Classifier.load(
+        model_dir or settings.model_dir,
+        runtime=settings.runtime,
+        cache_dir=settings.runtime_cache_dir,
+        threads=settings.inference_threads,
+    )
+
+
+def thresholds_in_force(settings: Settings, session: Session, artifact: Artifact) -> Thresholds:
+    """The decision thresholds now: settings, else calibrated for this model version (stored
+    by `labeler calibrate --apply`), else the artifact's."""
+    from labeler import repository as repo
+
+    calibrated = repo.calibrated_threshold(session, artifact.version)
+    return resolve_thresholds(
+        artifact,
+        settings.review_threshold,
+        settings.review_margin,
+        calibrated=calibrated,
+        audit_share=settings.audit_share,
     )
 
 
@@ -56,24 +90,35 @@ class Service:
     thresholds: Thresholds
 
     @classmethod
-    def build(cls, settings: Settings, engine: Engine | None = None) -> Service:
-        classifier = Classifier.load(settings.model_dir)
+    def build(cls, settings: Settings) -> Service:
+        check_photo_root(settings)  # before the model load: fail in a second, not a minute
+        classifier = load_classifier(settings)
         thresholds = resolve_thresholds(
-            classifier.artifact, settings.review_threshold, settings.review_margin
+            classifier.artifact,
+            settings.review_threshold,
+            settings.review_margin,
+            audit_share=settings.audit_share,
         )
-        return cls(settings, engine or make_engine(settings), classifier, thresholds)
+        return cls(settings, make_engine(settings), classifier, thresholds)
+
+    def thresholds_in_force(self, stop: threading.Event | None = None) -> Thresholds:
+        """Read at every pass, so `labeler calibrate --apply` takes effect without a restart."""
+        from labeler.db import RetryPolicy, session_factory, with_retries
+
+        def action() -> Thresholds:
+            with session_factory(self.engine)() as session:
+                return thresholds_in_force(self.settings, session, self.classifier.artifact)
+
+        settings = self.settings
+        policy = RetryPolicy(settings.db_connect_retries, settings.db_retry_backoff_seconds)
+        return with_retries(action, policy, stop or threading.Event(), "reading the thresholds")
 
     def probe(self) -> str:
         """Database reachable, schema at head, source readable: raise with the reason if not."""
-        from labeler import migrate
-
-        current, head = migrate.current_revision(self.engine), migrate.head_revision(self.engine)
-        if current != head:
-            raise RuntimeError(
-                f"database schema is at {current or 'nothing'}, the code expects {head}: "
-                "run `labeler db upgrade`"
-            )
+        head = schema_at_head(self.engine)
         source = self.source()
+        check_photo_root(self.settings)
+        check_filter_matches(self.engine, source)
         return f"database reachable, schema at {head}, source {source.table.fullname} readable"
 
     def source(self) -> Source:
@@ -85,15 +130,123 @@ class Service:
         *,
         command: str = "run-once",
         stop: threading.Event | None = None,
-        clock: Clock = utc_now,
     ) -> PassSummary:
-        labelling = LabellingPass(
+        # A photo root that vanished (an unmounted share) must stop the pass, not fail every
+        # row until max attempts retires them all.
+        check_photo_root(self.settings)
+        self.abandon_dead_runs(stop or threading.Event())
+        source = self.source()
+        try:
+            check_filter_matches(self.engine, source)
+        except SourceError as exc:  # maybe no dogs in the shelter today: say so, label nothing
+            log.warning("%s", exc)
+        stop = stop or threading.Event()
+        config = pass_config(self.settings, self.thresholds_in_force(stop))
+        store = SqlStore(
             self.engine,
-            self.source(),
-            self.classifier,
-            pass_config(self.settings, self.thresholds),
-            clock=clock,
+            source,
+            self.target(),  # shelter fit: the animal's record, when configured
+            retry=RetryPolicy(config.db_retries, config.db_backoff_seconds),
             stop=stop,
-            command=command,
+            # issue 10: oversized photos are measured by the database and never read
+            image_limit=ImageLimit(self.settings.max_image_bytes, self.settings.image_kind),
         )
+        labelling = LabellingPass(store, self.classifier, config, stop=stop, command=command)
         return labelling.run()
+
+    def target(self) -> Target | None:
+        """The write-back target and its breed map (shelter fit), or None when not set."""
+        with self.engine.connect() as conn:
+            return reflect_target(conn, self.settings)
+
+    def abandon_dead_runs(self, stop: threading.Event) -> list[int]:
+        """Close the runs of passes that were killed (SIGKILL, a power cut) as `abandoned`."""
+        from labeler import repository as repo
+        from labeler.db import RetryPolicy, session_factory, with_retries
+
+        ttl = timedelta(seconds=self.settings.claim_ttl_seconds)
+
+        def action() -> list[int]:
+            with session_factory(self.engine).begin() as session:
+                return repo.abandon_dead_runs(session, now=utc_now(), claim_ttl=ttl)
+
+        settings = self.settings
+        policy = RetryPolicy(settings.db_connect_retries, settings.db_retry_backoff_seconds)
+        run_ids = with_retries(action, policy, stop, "closing abandoned runs")
+        for run_id in run_ids:
+            log.warning(
+                "run %d was left `running` by a pass that was killed; marked abandoned",
+                run_id,
+                extra={"run_id": run_id},
+            )
+        return run_ids
+
+
+# --- ops: start-up checks and the container health check --------------------------------------
+
+
+def check_photo_root(settings: Settings) -> str:
+    """Raise ConfigError unless LABELER_PHOTO_ROOT (when set) is a readable folder."""
+    root = settings.photo_root
+    if root is None:
+        return "not set (photos are not read from files)"
+    problem = None
+    if not root.exists():
+        problem = "does not exist"
+    elif not root.is_dir():
+        problem = "is not a folder"
+    elif not os.access(root, os.R_OK | os.X_OK):
+        problem = "is not readable by this user"
+    else:
+        try:
+            with os.scandir(root) as entries:
+                next(entries, None)
+        except OSError as exc:
+            problem = f"cannot be listed ({exc.strerror or exc})"
+    if problem:
+        raise ConfigError(f"LABELER_PHOTO_ROOT={str(root)!r} {problem}")
+    return f"{root} readable"
+
+
+def check_filter_matches(engine: Engine, source: Source) -> str:
+    """SourceError when the source has rows but none passes the filter: a misspelt value
+    ("Dog" for "dog") would otherwise label nothing, night after night, without a word."""
+    from labeler import repository as repo
+    from labeler.db import session_factory
+
+    if not (source.filter_column and source.filter_values):
+        return "no filter"
+    with session_factory(engine)() as session:
+        has_rows, matching = repo.filter_matches(session, source)
+    values = ",".join(source.filter_values)
+    if has_rows and not matching:
+        raise SourceError(
+            f"LABELER_SOURCE_FILTER_VALUES={values!r} matches no row of "
+            f"{source.table.fullname!r} (LABELER_SOURCE_FILTER_COLUMN={source.filter_column!r}); "
+            "check the spelling and upper/lower case"
+        )
+    return f"{source.filter_column} in ({values})" + ("" if has_rows else ": the source is empty")
+
+
+def schema_at_head(engine: Engine) -> str:
+    """The schema revision, or RuntimeError when it is not the one the code expects."""
+    from labeler import migrate
+
+    current, head = migrate.current_revision(engine), migrate.head_revision(engine)
+    if current != head:
+        raise RuntimeError(
+            f"database schema is at {current or 'nothing'}, the code expects {head}: "
+            "run `labeler db upgrade`"
+        )
+    return str(head)
+
+
+def health(settings: Settings) -> str:
+    """Database reachable and schema at head; cheap (no model, no source scan) so that a
+    container health check can run it every few minutes."""
+    engine = make_engine(settings)
+    try:
+        head = schema_at_head(engine)
+    finally:
+        engine.dispose()
+    return f"healthy: database reachable, schema at {head}"

@@ -31,6 +31,12 @@ LABELS_FILE = "labels.json"
 MODEL_FILE = "model.keras"
 WHITENING_FILE = "whitening.npz"
 KINDS = ("baseline_cnn", "transfer", "zero_shot", "untrained", "test")
+DEFAULT_MODEL_NAME = "mobilenetv2-dogs"
+# Test-time augmentation views the classifier knows how to build (labeler.preprocessing.tta_views).
+TTA_VIEWS = ("identity", "flip")
+# Sane ranges for the numbers in metadata.json. A temperature outside them is a corrupt or
+# hostile file, not a calibration: T=1e-300 turns every confidence into 1.0 (or NaN).
+TEMPERATURE_RANGE = (0.05, 20.0)
 
 
 class ArtifactError(Exception):
@@ -57,6 +63,7 @@ class Artifact:
     reject_labels: frozenset[str] = frozenset()
     decision: DecisionDefaults = DecisionDefaults()
     quality_note: str = ""
+    tta: tuple[str, ...] = ("identity",)
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -68,6 +75,20 @@ class Artifact:
         note = f" - {self.quality_note}" if self.quality_note else ""
         classes = len(self.labels)
         return f"model {self.name} version {self.version} ({self.kind}, {classes} classes){note}"
+
+
+def default_model_dir(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """Where the packaged default model lives, wherever labeler is installed.
+
+    A wheel carries ``models/`` as ``labeler/_models/`` (pyproject's force-include); a
+    checkout has it beside the package. When neither exists the checkout path is returned,
+    so the start-up error names the place where the model was expected.
+    """
+    package = Path(__file__).resolve().parent
+    installed = package / "_models" / name
+    if installed.is_dir():
+        return installed
+    return package.parent / "models" / name
 
 
 def load_artifact(path: str | Path) -> Artifact:
@@ -104,14 +125,33 @@ def load_artifact(path: str | Path) -> Artifact:
         raise ArtifactError(f"{root}: model file {model_file.name} is missing")
 
     preprocessing = _parse_preprocessing(root, meta["preprocessing"])
-    calibration = meta.get("calibration") or {}
-    temperature = float(calibration.get("temperature", 1.0))
-    if not math.isfinite(temperature) or temperature <= 0:
-        raise ArtifactError(f"{root}: calibration temperature must be positive, got {temperature}")
-    reject = frozenset(meta.get("output", {}).get("reject_labels", []))
+    calibration = _section(root, meta, "calibration")
+    low, high = TEMPERATURE_RANGE
+    temperature = _number(root, calibration, "temperature", 1.0, "calibration")
+    if not low <= temperature <= high:
+        raise ArtifactError(
+            f"{root}: calibration temperature must be between {low} and {high}, got {temperature}"
+        )
+    output = _section(root, meta, "output")
+    raw_reject = output.get("reject_labels", [])
+    if not isinstance(raw_reject, list) or not all(isinstance(x, str) for x in raw_reject):
+        raise ArtifactError(f"{root}: output.reject_labels must be a list of label names")
+    reject = frozenset(raw_reject)
     if not reject <= set(labels):
         raise ArtifactError(f"{root}: reject_labels {sorted(reject - set(labels))} are not labels")
-    decision = meta.get("decision") or {}
+    decision = _section(root, meta, "decision")
+    tta = meta.get("tta", ["identity"])
+    if (
+        not isinstance(tta, list)
+        or not tta
+        or not all(isinstance(v, str) and v in TTA_VIEWS for v in tta)
+        or len(set(tta)) != len(tta)
+    ):
+        raise ArtifactError(
+            f"{root}: tta must be a non-empty list of distinct views from {TTA_VIEWS}, got {tta!r}"
+        )
+    if "flip" in tta and len(preprocessing.output_shape()) != 3:
+        raise ArtifactError(f"{root}: the flip view needs image input, not a feature vector")
     defaults = DecisionDefaults(
         review_threshold=_optional_fraction(root, decision, "review_threshold"),
         review_margin=_optional_fraction(root, decision, "review_margin"),
@@ -127,6 +167,7 @@ def load_artifact(path: str | Path) -> Artifact:
         reject_labels=reject,
         decision=defaults,
         quality_note=str(meta.get("quality_note", "")),
+        tta=tuple(tta),
         metadata=meta,
     )
 
@@ -144,6 +185,7 @@ def save_artifact(
     reject_labels: list[str] | None = None,
     decision: dict[str, Any] | None = None,
     quality_note: str = "",
+    tta: list[str] | tuple[str, ...] = ("identity",),
     extra: dict[str, Any] | None = None,
 ) -> Artifact:
     """Write a Keras model and everything serving needs into ``directory``.
@@ -184,6 +226,7 @@ def save_artifact(
         "output": {"reject_labels": list(reject_labels or [])},
         "decision": decision or {},
         "quality_note": quality_note,
+        "tta": list(tta),
         **(extra or {}),
     }
     (root / METADATA_FILE).write_text(
@@ -231,11 +274,30 @@ def _parse_preprocessing(root: Path, raw: Any) -> PreprocessingConfig:
     )
 
 
-def _optional_fraction(root: Path, decision: dict[str, Any], key: str) -> float | None:
-    value = decision.get(key)
+def _section(root: Path, meta: dict[str, Any], key: str) -> dict[str, Any]:
+    value = meta.get(key)
     if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{root}: {key} must be an object")
+    return value
+
+
+def _number(root: Path, section: dict[str, Any], key: str, default: float, where: str) -> float:
+    """A finite number from metadata; booleans and strings are refused, not coerced."""
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArtifactError(f"{root}: {where}.{key} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ArtifactError(f"{root}: {where}.{key} must be finite, got {number}")
+    return number
+
+
+def _optional_fraction(root: Path, decision: dict[str, Any], key: str) -> float | None:
+    if decision.get(key) is None:
         return None
-    value = float(value)
+    value = _number(root, decision, key, 0.0, "decision")
     if not 0.0 <= value <= 1.0:
         raise ArtifactError(f"{root}: decision.{key} must be between 0 and 1, got {value}")
     return value

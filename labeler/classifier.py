@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from labeler.artifact import Artifact, ArtifactError, load_artifact
-from labeler.preprocessing import preprocess_batch
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The top candidates for one photo, best first: ((label, probability), ...)."""
-
-    candidates: tuple[tuple[str, float], ...]
-
-    @property
-    def label(self) -> str:
-        return self.candidates[0][0]
-
-    @property
-    def confidence(self) -> float:
-        return self.candidates[0][1]
-
-    @property
-    def margin(self) -> float:
-        """Gap between the best and second-best probability (1.0 with one class)."""
-        second = self.candidates[1][1] if len(self.candidates) > 1 else 0.0
-        return self.candidates[0][1] - second
+from labeler.domain import Prediction
+from labeler.preprocessing import preprocess_batch, tta_views
+from labeler.runtime import KERAS, KerasRuntime, Runtime, RuntimeChoice, open_runtime
 
 
 def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -54,13 +35,24 @@ def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int = 3) -> lis
 
 
 class Classifier:
-    """A Keras model loaded from an artifact, checked against the artifact's metadata."""
+    """An artifact's network behind a runtime, checked against the artifact's metadata.
 
-    def __init__(self, artifact: Artifact, model: Any) -> None:
+    ``model`` is the Keras model. When another runtime serves (ONNX Runtime), the Keras model
+    is not kept in memory and is loaded only if someone asks for it.
+    """
+
+    def __init__(
+        self, artifact: Artifact, model: Any = None, runtime: Runtime | None = None
+    ) -> None:
+        if runtime is None:
+            if model is None:
+                raise ValueError("a Classifier needs a Keras model or a runtime")
+            runtime = KerasRuntime(model)
         self.artifact = artifact
-        self.model = model
+        self.runtime = runtime
+        self._model = model
         expected_in = artifact.preprocessing.output_shape()
-        got_in = tuple(model.input_shape[1:])
+        got_in = runtime.input_shape
         if any(g is not None and g != e for g, e in zip(got_in, expected_in, strict=False)) or (
             len(got_in) != len(expected_in)
         ):
@@ -68,7 +60,7 @@ class Classifier:
                 f"{artifact.path}: the model takes inputs of shape {got_in} but the artifact's "
                 f"preprocessing produces {expected_in}"
             )
-        got_out = model.output_shape[-1]
+        got_out = runtime.output_size
         if got_out != len(artifact.labels):
             raise ArtifactError(
                 f"{artifact.path}: the model has {got_out} outputs but the labels file lists "
@@ -76,20 +68,41 @@ class Classifier:
             )
 
     @classmethod
-    def load(cls, path: str | Path) -> Classifier:
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        runtime: RuntimeChoice = "auto",
+        cache_dir: Path | None = None,
+        threads: int = 0,
+    ) -> Classifier:
+        """Load an artifact and the fastest runtime that reproduces its Keras outputs.
+
+        ``runtime``: ``auto`` (ONNX Runtime when installed and matching, else Keras), ``keras``
+        or ``onnx`` (like auto, but a fallback is logged as a warning). ``threads``: intra-op
+        threads of the runtime, 0 for its default (all cores).
+        """
         artifact = load_artifact(path)
-        import keras  # imported here: loading TensorFlow is slow and not needed by every command
+        loaded = open_runtime(
+            artifact,
+            partial(load_keras_model, artifact, threads),
+            choice=runtime,
+            cache_dir=cache_dir,
+            threads=threads,
+        )
+        keras_model = loaded.keras_model if loaded.runtime.name == KERAS else None
+        return cls(artifact, keras_model, runtime=loaded.runtime)
 
-        import labeler.model_layers  # noqa: F401  registers the layers saved models refer to
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = load_keras_model(self.artifact)
+        return self._model
 
-        try:
-            model = keras.models.load_model(artifact.model_path, compile=False)
-        except Exception as exc:  # Keras raises many kinds for a corrupt or foreign file
-            raise ArtifactError(
-                f"{artifact.model_path} cannot be loaded as a Keras model: "
-                f"{type(exc).__name__}: {str(exc)[:300]}"
-            ) from exc
-        return cls(artifact, model)
+    @property
+    def runtime_name(self) -> str:
+        """Which runtime runs the network: ``keras`` or ``onnxruntime``."""
+        return self.runtime.name
 
     @property
     def version(self) -> str:
@@ -98,10 +111,14 @@ class Classifier:
     def predict_probabilities(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[0] == 0:
             return np.zeros((0, len(self.artifact.labels)), dtype=np.float32)
-        # predict_on_batch runs a compiled graph: faster and far leaner than an eager call.
-        raw = np.asarray(self.model.predict_on_batch(batch), dtype=np.float64)
-        if raw.ndim != 2 or not np.all(np.isfinite(raw)):
+        # Test-time augmentation (artifact.tta): every view in one call, probabilities averaged.
+        views = self.artifact.tta
+        stacked = batch if views == ("identity",) else np.concatenate(tta_views(batch, views))
+        raw = np.asarray(self.runtime.predict(stacked), dtype=np.float64)
+        if raw.ndim != 2 or raw.shape[0] != stacked.shape[0] or not np.all(np.isfinite(raw)):
             raise ValueError("the model returned non-finite or malformed probabilities")
+        if len(views) > 1:
+            raw = raw.reshape(len(views), batch.shape[0], -1).mean(axis=0)
         return calibrate(raw, self.artifact.temperature)
 
     def predict(self, batch: np.ndarray, k: int = 3) -> list[Prediction]:
@@ -111,3 +128,33 @@ class Classifier:
     def classify_images(self, images: list[np.ndarray], k: int = 3) -> list[Prediction]:
         """Preprocess HxWx3 uint8 images with the artifact's chain and classify them."""
         return self.predict(preprocess_batch(images, self.artifact.preprocessing), k)
+
+
+def load_keras_model(artifact: Artifact, threads: int = 0) -> Any:
+    """The artifact's Keras model. Imports TensorFlow, which only this path needs."""
+    try:
+        import keras
+    except ImportError as exc:  # a serving install without TensorFlow
+        raise ArtifactError(
+            f"{artifact.path}: TensorFlow/Keras is not installed, and the model has no ONNX "
+            "version usable here (shipped in the artifact or in LABELER_RUNTIME_CACHE_DIR): "
+            "install TensorFlow, or convert the model once where it is installed"
+        ) from exc
+    if threads > 0:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already ran something in this process: keep its pools
+            pass
+
+    import labeler.model_layers  # noqa: F401  registers the layers saved models refer to
+
+    try:
+        return keras.models.load_model(artifact.model_path, compile=False)
+    except Exception as exc:  # Keras raises many kinds for a corrupt or foreign file
+        raise ArtifactError(
+            f"{artifact.model_path} cannot be loaded as a Keras model: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc

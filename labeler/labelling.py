@@ -1,52 +1,77 @@
 """A labelling pass: wires source -> image loading -> preprocessing -> classifier -> decision ->
-write-back, batch by batch.
+write-back, batch by batch, against a :class:`~labeler.store.Store`. The per-batch stages are
+the functions of :mod:`labeler.batches`; this module orders them and owns the run.
 
-A background thread claims, fetches, decodes and preprocesses the next batch while the
-calling thread classifies and saves the current one. Each batch's results are written in one
-transaction, so a crash leaves every row untouched (its claim then expires) or fully labelled.
+While the calling thread classifies and saves batch N, one worker thread claims, fetches,
+decodes and preprocesses batch N+1 (a future, ``prefetch_batches`` ahead). Each batch's results
+are written in one transaction, so a crash leaves every row untouched (its claim then expires)
+or fully labelled.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from functools import partial
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Protocol
 
 import numpy as np
-from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
 
-from labeler import repository as repo
-from labeler.classifier import Classifier, Prediction
-from labeler.decision import Thresholds, decide
-from labeler.images import ImageError, LoaderConfig, load_image, reference_of
-from labeler.preprocessing import finish_batch, preprocess_image
-from labeler.schema import FAILED
-from labeler.source import Source
+from labeler.batches import (
+    PreparedBatch,
+    classify,
+    outcome_of,
+    prepare_batch,
+    read_rows,
+    with_group,
+)
+from labeler.db import short_error as _short
+from labeler.db import utc_now
+from labeler.decision import Thresholds
+from labeler.domain import PhotoStatus, Prediction, RunStatus, SaveCounts, SourceRow
+from labeler.fetching import LoaderConfig
+from labeler.grouping import SCORES_K
+from labeler.logging_setup import summary_fields
+from labeler.preprocessing import PreprocessingConfig
+from labeler.store import Refused, SourceChanged, Store
+from labeler.writeback import GroupPolicy
+
+__all__ = ["LabellingPass", "PassConfig", "PassSummary", "SourceChanged", "worker_name"]
 
 log = logging.getLogger("labeler.pass")
-T = TypeVar("T")
 Clock = Callable[[], datetime]
-
-
-def utc_now() -> datetime:
-    """Naive UTC: the one convention every supported database stores faithfully."""
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}"
+
+
+class _Artifact(Protocol):
+    @property
+    def preprocessing(self) -> PreprocessingConfig: ...
+
+
+class BatchClassifier(Protocol):
+    """What the pass needs of a classifier (labeler.classifier.Classifier has it)."""
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def runtime_name(self) -> str: ...
+
+    @property
+    def artifact(self) -> _Artifact: ...
+
+    def predict(self, batch: np.ndarray, k: int = 3) -> list[Prediction]: ...
 
 
 @dataclass(frozen=True)
@@ -59,15 +84,8 @@ class PassConfig:
     db_backoff_seconds: float = 2.0
     thresholds: Thresholds = field(default_factory=Thresholds)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
-
-
-@dataclass
-class PreparedBatch:
-    token: str
-    ids: list[str] = field(default_factory=list)  # rows that reached the classifier
-    inputs: np.ndarray | None = None
-    refs: dict[str, str | None] = field(default_factory=dict)
-    failures: list[repo.Outcome] = field(default_factory=list)
+    prefetch_batches: int = 1  # batches prepared ahead of the one being classified
+    group_disagreement: float = 0.5  # shelter fit: see LABELER_GROUP_DISAGREEMENT
 
 
 @dataclass
@@ -85,10 +103,20 @@ class PassSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     model_version: str = ""
     errors: list[str] = field(default_factory=list)
+    runtime: str = ""  # the inference runtime: keras or onnxruntime
+    gone: int = 0  # photos that vanished from the source or stopped matching its filter
+    animals: dict[str, int] = field(default_factory=dict)  # shelter fit: animals per status
 
     @property
     def processed(self) -> int:
         return self.labelled + self.needs_review + self.failed
+
+    def add(self, counts: SaveCounts) -> None:
+        self.labelled += counts.labelled
+        self.needs_review += counts.needs_review
+        self.failed += counts.failed
+        self.lost += counts.lost
+        self.gone += counts.gone
 
     def line(self) -> str:
         rate = self.processed / self.seconds if self.seconds > 0 else 0.0
@@ -97,53 +125,14 @@ class PassSummary:
             f"({rate:.1f}/s) - {self.labelled} labelled, {self.needs_review} need review, "
             f"{self.failed} failed, {self.discovered} new, {self.released} released, "
             f"{self.lost} lost claims; model {self.model_version}"
-        )
-
-
-class PassAborted(Exception):
-    """The pass stopped because the database stayed unreachable."""
-
-
-_DONE = object()
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Connection-level database errors that a retry may cure."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
-
-
-def with_retries(
-    action: Callable[[], T], config: PassConfig, stop: threading.Event, what: str
-) -> T:
-    """Run a self-contained transaction, retrying transient database errors with backoff."""
-    delay = config.db_backoff_seconds
-    for attempt in range(config.db_retries + 1):
-        try:
-            return action()
-        except Exception as exc:
-            if not is_transient(exc) or attempt == config.db_retries:
-                raise
-            log.warning(
-                "database error while %s (attempt %d of %d), retrying in %.0fs: %s",
-                what,
-                attempt + 1,
-                config.db_retries + 1,
-                delay,
-                _short(exc),
+            + (f" on {self.runtime}" if self.runtime else "")
+            + (f"; {self.gone} gone" if self.gone else "")
+            + (
+                "; animals: " + ", ".join(f"{n} {s}" for s, n in sorted(self.animals.items()))
+                if self.animals
+                else ""
             )
-            # A shutdown request cuts the wait short; the retry still happens once.
-            stop.wait(delay)
-            delay = min(delay * 2, 60.0)
-    raise AssertionError("unreachable")
-
-
-def _short(exc: BaseException) -> str:
-    # DBAPI messages can be long and multi-line; the first line carries the reason. SQLAlchemy
-    # never puts the URL's password in them.
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+        )
 
 
 class LabellingPass:
@@ -151,39 +140,31 @@ class LabellingPass:
 
     def __init__(
         self,
-        engine: Engine,
-        source: Source,
-        classifier: Classifier,
+        store: Store,
+        classifier: BatchClassifier,
         config: PassConfig,
         *,
         clock: Clock = utc_now,
         stop: threading.Event | None = None,
         command: str = "run-once",
-        worker: str | None = None,
-        progress: Callable[[str], None] | None = None,
     ) -> None:
-        self.sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
-        self.source = source
+        self.store = store
+        self.grouped = store.grouped
         self.classifier = classifier
         self.config = config
         self.clock = clock
         self.stop = stop or threading.Event()
         self.command = command
-        self.worker = (worker or worker_name())[:40]
-        self.progress = progress or log.info
-        self._abort = threading.Event()
+        self.worker = worker_name()[:40]
+        self.progress = log.info
+        self.stage_seconds: dict[str, float] = {}
         self._run_id = 0
         self._todo = 0
-        self.stage_seconds: dict[str, float] = {}
-
-    # -- transactions ---------------------------------------------------------------------
-
-    def _tx(self, what: str, fn: Callable[[Session], T]) -> T:
-        def action() -> T:
-            with self.sessions.begin() as session:
-                return fn(session)
-
-        return with_retries(action, self.config, self.stop, what)
+        self._claimed = 0
+        # Set when the pass winds down early: the batch being prepared stops decoding.
+        self._closing = False
+        self._animals: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
 
     # -- the pass -------------------------------------------------------------------------
 
@@ -191,265 +172,269 @@ class LabellingPass:
         started = self.clock()
         t0 = time.monotonic()
         version = self.classifier.version
-        run_id = self._tx(
-            "starting the run",
-            lambda s: repo.start_run(
-                s, command=self.command, worker=self.worker, model_version=version, now=started
-            ),
+        runtime = self.classifier.runtime_name
+        # The run row's worker says which inference runtime ran (labeler.runtime).
+        run_id = self.store.start_run(
+            command=self.command,
+            worker=f"{self.worker} {runtime}",
+            model_version=version,
+            now=started,
         )
         self._run_id = run_id
-        summary = PassSummary(run_id=run_id, status="running", model_version=version)
-        errors: Counter[str] = Counter()
+        summary = PassSummary(
+            run_id=run_id, status=RunStatus.RUNNING, model_version=version, runtime=runtime
+        )
         try:
-            summary.discovered = self._tx("finding new photos", lambda s: self._discover(s, run_id))
-            self._todo = self._tx(
-                "counting pending photos",
-                lambda s: repo.claimable_count(
-                    s,
-                    now=self.clock(),
-                    max_attempts=self.config.max_attempts,
-                    run_id=run_id,
-                ),
+            self.store.check_source()
+            summary.discovered = self.store.discover(run_id, self.clock())
+            if self.grouped:
+                self._sync_staff_decisions()
+            self._todo = self.store.claimable_count(
+                run_id=run_id, now=self.clock(), max_attempts=self.config.max_attempts
             )
             if self.config.max_rows is not None:
                 self._todo = min(self._todo, self.config.max_rows)
             self.progress(f"{self._todo} photos to label ({summary.discovered} new)")
-            self._label_all(run_id, summary, errors)
-            summary.status = "interrupted" if self.stop.is_set() else "finished"
+            self._label_all(summary)
+            if self.grouped and not self.stop.is_set():
+                self._settle_groups()
+            summary.animals = dict(self._animals)
+            summary.status = RunStatus.INTERRUPTED if self.stop.is_set() else RunStatus.FINISHED
         except Exception as exc:
-            summary.status = "failed"
-            errors[f"pass stopped: {type(exc).__name__}: {_short(exc)}"] += 1
-            log.error("pass failed: %s", _short(exc))
+            summary.status = RunStatus.FAILED
+            self._errors[f"pass stopped: {type(exc).__name__}: {_short(exc)}"] += 1
+            log.error("pass failed: %s", _short(exc), extra={"run_id": run_id})
             raise
         finally:
             summary.seconds = time.monotonic() - t0
             summary.stage_seconds = dict(self.stage_seconds)
-            summary.errors = [f"{n}x {msg}" if n > 1 else msg for msg, n in errors.most_common(10)]
+            summary.errors = [
+                f"{n}x {msg}" if n > 1 else msg for msg, n in self._errors.most_common(10)
+            ]
             self._finish(summary)
         return summary
 
-    def _discover(self, session: Session, run_id: int) -> int:
-        found = repo.discover(session, self.source, self.clock())
-        repo.add_run_counts(session, run_id, discovered=found)
-        return found
-
     def _finish(self, summary: PassSummary) -> None:
         try:
-            row = self._tx(
-                "recording the run",
-                lambda s: repo.finish_run(
-                    s,
-                    summary.run_id,
-                    status=summary.status,
-                    now=self.clock(),
-                    errors="\n".join(summary.errors) or None,
-                ),
+            row = self.store.finish_run(
+                summary.run_id,
+                status=summary.status,
+                now=self.clock(),
+                errors="\n".join(summary.errors) or None,
             )
-            summary.released = int(row["released"])  # the producer releases claims too
+            summary.released = int(row["released"])  # every release of the run, prepared too
         except Exception as exc:  # the pass result must still be reported
-            log.error("could not record the end of run %d: %s", summary.run_id, _short(exc))
-        log.info("%s", summary.line())
+            log.error(
+                "could not record the end of run %d: %s",
+                summary.run_id,
+                _short(exc),
+                extra={"run_id": summary.run_id},
+            )
+        log.info("%s", summary.line(), extra=summary_fields(summary))
 
-    def _label_all(self, run_id: int, summary: PassSummary, errors: Counter[str]) -> None:
-        batches: queue.Queue[Any] = queue.Queue(maxsize=1)
-        producer = threading.Thread(
-            target=self._produce, args=(batches, run_id), name="labeler-prefetch", daemon=True
-        )
-        producer.start()
+    # -- batches: prepared one ahead, classified and saved here ------------------------------
+
+    def _label_all(self, summary: PassSummary) -> None:
+        ahead: deque[Future[PreparedBatch | None]] = deque()
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labeler-prefetch")
         t_start = time.monotonic()
         try:
-            while True:
+            ahead.append(pool.submit(self._next_batch))
+            while ahead:
                 t_wait = time.monotonic()
-                item = batches.get()
+                # A preparation that failed raises here (it released its own claims). The
+                # future leaves `ahead` only once its batch is in hand, to be released below.
+                batch = ahead[0].result()
+                ahead.popleft()
                 self._time("wait", t_wait)
-                if item is _DONE:
+                if batch is None:
                     break
-                if isinstance(item, BaseException):
-                    raise item
                 if self.stop.is_set():
-                    summary.released += self._release(item.token, run_id)
-                    continue
+                    summary.released += self._release(batch.token)
+                    break
+                while len(ahead) < self.config.prefetch_batches:
+                    ahead.append(pool.submit(self._next_batch))
                 try:
-                    counts = self._classify_and_save(item, run_id, errors)
+                    counts = self._classify_and_save(batch)
                 except BaseException:
-                    self._release(item.token, run_id)  # may fail too; then the claims expire
+                    self._release(batch.token)  # may fail too; then the claims expire
                     raise
-                summary.labelled += counts.labelled
-                summary.needs_review += counts.needs_review
-                summary.failed += counts.failed
-                summary.lost += counts.lost
-                elapsed = time.monotonic() - t_start
-                rate = summary.processed / elapsed if elapsed > 0 else 0.0
-                left = max(self._todo - summary.processed, 0)
-                eta = f", about {left / rate:.0f}s left" if rate > 0 and left else ""
-                self.progress(
-                    f"{summary.processed}/{self._todo} photos ({summary.labelled} labelled, "
-                    f"{summary.needs_review} need review, {summary.failed} failed; "
-                    f"{rate:.1f}/s{eta})"
-                )
+                summary.add(counts)
+                self._report_progress(summary, time.monotonic() - t_start)
         finally:
-            self._abort.set()
-            # Whatever the producer prepared but nobody classified goes back to the pool.
-            while producer.is_alive() or not batches.empty():
+            self._closing = True
+            # Whatever was prepared but not classified goes back to the pool.
+            for future in ahead:
+                if future.cancel():
+                    continue  # never started: it claimed nothing
                 try:
-                    item = batches.get(timeout=0.2)
-                except queue.Empty:
+                    batch = future.result()
+                except BaseException as exc:  # it released its own claims
+                    log.debug("a batch prepared while winding down failed: %s", _short(exc))
                     continue
-                if isinstance(item, PreparedBatch):
-                    summary.released += self._release(item.token, run_id)
-            producer.join()
+                if batch is not None:
+                    summary.released += self._release(batch.token)
+            pool.shutdown(wait=True)
 
-    def _release(self, token: str, run_id: int) -> int:
-        def action(session: Session) -> int:
-            n = repo.release(session, token)
-            repo.add_run_counts(session, run_id, released=n)
-            return n
+    def _report_progress(self, summary: PassSummary, elapsed: float) -> None:
+        rate = summary.processed / elapsed if elapsed > 0 else 0.0
+        left = max(self._todo - summary.processed, 0)
+        eta = f", about {left / rate:.0f}s left" if rate > 0 and left else ""
+        self.progress(
+            f"{summary.processed}/{self._todo} photos ({summary.labelled} labelled, "
+            f"{summary.needs_review} need review, {summary.failed} failed; "
+            f"{rate:.1f}/s{eta})"
+        )
 
+    def _release(self, token: str) -> int:
         try:
-            return self._tx("releasing claims", action)
+            return self.store.release(token, self._run_id)
         except Exception as exc:
             log.error("could not release claims (they expire by themselves): %s", _short(exc))
             return 0
 
-    # -- producer: claim, fetch, decode, preprocess ----------------------------------------
+    def _cancelled(self) -> bool:
+        return self.stop.is_set() or self._closing
 
-    def _produce(self, batches: queue.Queue[Any], run_id: int) -> None:
-        claimed = 0
-        try:
-            while not (self.stop.is_set() or self._abort.is_set()):
-                limit = self.config.batch_size
-                if self.config.max_rows is not None:
-                    limit = min(limit, self.config.max_rows - claimed)
-                    if limit <= 0:
-                        break
-                token = f"{self.worker}:{uuid.uuid4().hex[:16]}"
-                ids = self._tx("claiming photos", partial(self._claim, token, limit, run_id))
-                if not ids:
-                    break
-                claimed += len(ids)
-                try:
-                    t_prepare = time.monotonic()
-                    prepared = self._prepare(token, ids)
-                    self._time("prepare", t_prepare)
-                except BaseException:
-                    self._release(token, self._run_id)
-                    raise
-                if not self._hand_over(batches, prepared):
-                    self._release(token, self._run_id)
-                    return
-            self._hand_over(batches, _DONE)
-        except BaseException as exc:
-            self._hand_over(batches, exc)
+    # -- preparation (worker thread): claim, fetch, decode, preprocess ------------------------
 
-    def _claim(self, token: str, limit: int, run_id: int, session: Session) -> list[str]:
-        return repo.claim(
-            session,
+    def _next_batch(self) -> PreparedBatch | None:
+        """Claim and prepare the next batch; None when there is nothing (more) to do."""
+        if self._cancelled():
+            return None
+        limit = self.config.batch_size
+        if self.config.max_rows is not None:
+            limit = min(limit, self.config.max_rows - self._claimed)
+            if limit <= 0:
+                return None
+        token = f"{self.worker}:{uuid.uuid4().hex[:16]}"
+        t_claim = time.monotonic()
+        ids = self.store.claim(
             token,
+            run_id=self._run_id,
             now=self.clock(),
             ttl=self.config.claim_ttl,
             limit=limit,
             max_attempts=self.config.max_attempts,
-            run_id=run_id,
         )
+        self._time("claim", t_claim)  # database time: claim, read and save stages
+        if not ids:
+            return None
+        self._claimed += len(ids)
+        try:
+            t_prepare = time.monotonic()
+            rows, unreadable = read_rows(self._read, ids)
+            prepared = prepare_batch(
+                token,
+                ids,
+                rows,
+                unreadable,
+                loader=self.config.loader,
+                preprocessing=self.classifier.artifact.preprocessing,
+                cancel=self._cancelled,
+            )
+            self._time("prepare", t_prepare)
+        except BaseException:
+            self._release(token)
+            raise
+        return prepared
 
-    def _hand_over(self, batches: queue.Queue[Any], item: Any) -> bool:
-        while True:
-            try:
-                batches.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                if self._abort.is_set():
-                    return False
+    def _read(self, ids: list[str]) -> dict[str, SourceRow]:
+        t_read = time.monotonic()
+        rows = self.store.fetch_rows(ids)
+        self._time("read", t_read)
+        return rows
 
-    def _prepare(self, token: str, ids: list[str]) -> PreparedBatch:
-        values = self._tx("reading photos", lambda s: repo.fetch_images(s, self.source, ids))
-        batch = PreparedBatch(token=token)
-        config = self.classifier.artifact.preprocessing
-        images: list[np.ndarray] = []
-        for photo_id in ids:
-            if photo_id not in values:
-                batch.failures.append(
-                    repo.Outcome(photo_id, FAILED, error="the source row no longer exists")
-                )
-                continue
-            value = values[photo_id]
-            ref: str | None = None
-            try:
-                image, kind = load_image(value, self.config.loader)
-                ref = reference_of(value, kind)
-                images.append(preprocess_image(image, config))
-            except ImageError as exc:
-                batch.failures.append(repo.Outcome(photo_id, FAILED, error=str(exc), photo_ref=ref))
-                continue
-            except MemoryError:
-                batch.failures.append(
-                    repo.Outcome(photo_id, FAILED, error="photo is too large to process in memory")
-                )
-                continue
-            except Exception as exc:  # one photo must never stop the batch
-                batch.failures.append(
-                    repo.Outcome(
-                        photo_id, FAILED, error=f"cannot process photo: {type(exc).__name__}: {exc}"
-                    )
-                )
-                continue
-            batch.ids.append(photo_id)
-            batch.refs[photo_id] = ref
-        if images:
-            batch.inputs = finish_batch(np.stack(images), config)
-        return batch
+    # -- classify, decide, save (calling thread) ---------------------------------------------
 
-    # -- consumer: classify, decide, save --------------------------------------------------
-
-    def _classify_and_save(
-        self, batch: PreparedBatch, run_id: int, errors: Counter[str]
-    ) -> repo.SaveCounts:
+    def _classify_and_save(self, batch: PreparedBatch) -> SaveCounts:
         outcomes = list(batch.failures)
         if batch.ids and batch.inputs is not None:
             t_classify = time.monotonic()
-            predictions = self._predict(batch.inputs)
+            results = classify(self.classifier, batch.inputs, SCORES_K if self.grouped else 3)
             self._time("classify", t_classify)
-            for photo_id, result in zip(batch.ids, predictions, strict=True):
+            thresholds, version = self.config.thresholds, self.classifier.version
+            for photo_id, result in zip(batch.ids, results, strict=True):
                 ref = batch.refs.get(photo_id)
-                if isinstance(result, str):
-                    outcomes.append(repo.Outcome(photo_id, FAILED, error=result, photo_ref=ref))
-                    continue
-                decision = decide(result, self.config.thresholds)
-                outcomes.append(
-                    repo.Outcome(photo_id, decision.status, result, decision.reason, ref)
-                )
+                outcomes.append(outcome_of(photo_id, result, ref, thresholds, version))
+        if self.grouped:
+            outcomes = [with_group(o, batch.rows.get(o.photo_id)) for o in outcomes]
         for outcome in outcomes:
-            if outcome.status == FAILED and outcome.error:
-                errors[outcome.error.split(":")[0][:120]] += 1
+            if outcome.status == PhotoStatus.FAILED and outcome.error:
+                self._errors[outcome.error.split(":")[0][:120]] += 1
+                log.info(
+                    "photo %s failed: %s",
+                    outcome.photo_id,
+                    outcome.error,
+                    extra={"run_id": self._run_id, "photo_id": outcome.photo_id},
+                )
         t_save = time.monotonic()
-        counts = self._tx(
-            "saving results",
-            lambda s: repo.save_outcomes(
-                s,
-                self.source,
-                batch.token,
-                run_id,
-                self.classifier.version,
-                outcomes,
-                self.clock(),
-            ),
+        counts = self.store.save_outcomes(
+            batch.token, self._run_id, self.classifier.version, outcomes, self.clock()
         )
         self._time("save", t_save)
+        if counts.groups and not self.stop.is_set():
+            self._settle_groups()
         return counts
 
     def _time(self, stage: str, since: float) -> None:
         self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.monotonic() - since
 
-    def _predict(self, inputs: np.ndarray) -> list[Prediction | str]:
-        """Predict a batch; if the model fails on it, isolate the photos it fails on."""
+    # -- shelter fit: one answer per animal ------------------------------------------------
+
+    def _sync_staff_decisions(self) -> None:
+        """Breeds staff set in their own UI, and reviewed breeds set on labeler's side."""
+        found = self.store.sync_staff(self.clock())
+        if found:
+            self.progress(f"{found} animals got a breed from staff since the last pass")
+        for row in self.store.reviewed_groups(100_000, self.config.max_attempts):
+            status = self._group_step(
+                "writing a reviewed breed",
+                str(row["group_id"]),
+                lambda r=row: self.store.apply_review(r, self.clock()),  # type: ignore[misc]
+            )
+            self._animals[f"review {status}"] += 1
+
+    def _settle_groups(self) -> None:
+        """Decide every animal none of whose photos is still waiting."""
+        seen: set[str] = set()
+        policy = GroupPolicy(
+            self.config.thresholds, self.config.group_disagreement, self.config.max_attempts
+        )
+        while not self.stop.is_set():
+            ids = self.store.ready_groups(
+                run_id=self._run_id,
+                max_attempts=self.config.max_attempts,
+                now=self.clock(),
+                limit=100,
+            )
+            ids = [g for g in ids if g not in seen]
+            if not ids:
+                return
+            seen.update(ids)
+            for group_id in ids:
+                status = self._group_step(
+                    "deciding an animal",
+                    group_id,
+                    lambda g=group_id: self.store.settle_group(  # type: ignore[misc]
+                        g,
+                        policy,
+                        model_version=self.classifier.version,
+                        run_id=self._run_id,
+                        now=self.clock(),
+                    ),
+                )
+                self._animals[status] += 1
+
+    def _group_step(self, what: str, group_id: str, step: Callable[[], str]) -> str:
+        """One animal in its own transaction: a record the target refuses fails this animal
+        with the reason; the pass goes on."""
         try:
-            return list(self.classifier.predict(inputs))
-        except Exception as exc:
-            log.warning("classifier failed on a batch (%s); retrying photo by photo", _short(exc))
-        results: list[Prediction | str] = []
-        for i in range(inputs.shape[0]):
-            try:
-                results.append(self.classifier.predict(inputs[i : i + 1])[0])
-            except Exception as exc:
-                results.append(f"classifier error: {type(exc).__name__}: {_short(exc)}")
-        return results
+            return step()
+        except Refused as exc:
+            reason = f"{what} failed: {exc}"
+            extra = {"run_id": self._run_id, "animal": group_id}
+            log.warning("animal %s: %s", group_id, reason, extra=extra)
+            self._errors[f"animal: {reason}"[:120]] += 1
+            self.store.fail_group(group_id, reason, run_id=self._run_id, now=self.clock())
+            return PhotoStatus.FAILED

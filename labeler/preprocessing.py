@@ -202,3 +202,22 @@ def _check_image(image: np.ndarray) -> None:
         raise ValueError(f"expected an HxWx3 uint8 RGB image, got {image.dtype} {image.shape}")
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError("image has no pixels")
+
+
+def tta_views(batch: np.ndarray, views: tuple[str, ...]) -> list[np.ndarray]:
+    """Test-time augmentation: each named view of a preprocessed (n, h, w, c) batch.
+
+    ``flip`` mirrors left-right; a breed does not change in a mirror. Views only apply to
+    image-shaped batches (a PCA-whitened vector has no left and right).
+    """
+    out = []
+    for view in views:
+        if view == "identity":
+            out.append(batch)
+        elif view == "flip":
+            if batch.ndim != 4:
+                raise ValueError("the flip view needs an (n, h, w, c) image batch")
+            out.append(np.ascontiguousarray(batch[:, :, ::-1]))
+        else:
+            raise ValueError(f"unknown test-time view {view!r}")
+    return out

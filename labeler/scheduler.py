@@ -1,4 +1,4 @@
-"""`labeler schedule`: run a pass on a cron schedule until SIGTERM/SIGINT.
+"""`labeler schedule`: run a pass on a cron schedule until SIGTERM, SIGHUP or SIGINT.
 
 Never two passes at once (one job instance, coalesced misfires), a generous grace time for a
 machine that was asleep at the scheduled hour, and a failed pass (database down) retried a
@@ -8,18 +8,21 @@ little later instead of waiting for the next night.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from types import FrameType
 from typing import Any
 
+from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
-from labeler.labelling import PassSummary, is_transient
+from labeler.db import RetryPolicy, is_transient, short_error
+from labeler.labelling import PassSummary
+from labeler.logging_setup import summary_fields
+from labeler.shutdown import StopOnSignals
 
 log = logging.getLogger("labeler.scheduler")
 
@@ -40,12 +43,16 @@ class PassScheduler:
     ) -> None:
         self.run_pass = run_pass
         self.probe = probe
-        self.stop = threading.Event()
+        self.signals = StopOnSignals(on_stop=self._shutdown)
+        self.stop = self.signals.stop
         self.scheduler = BlockingScheduler(timezone=timezone)
         self.trigger = CronTrigger.from_crontab(cron, timezone=timezone)
         self.misfire_grace_seconds = misfire_grace_seconds
         self.run_at_start = run_at_start
-        self.retry_seconds = retry_seconds
+        # Unbounded retries: the service outlives any outage; only the wait is capped.
+        self.retry_policy = RetryPolicy(
+            retries=0, backoff_seconds=retry_seconds, max_delay_seconds=MAX_RETRY_DELAY
+        )
         self._failures = 0
         self._lock = threading.Lock()
 
@@ -59,7 +66,7 @@ class PassScheduler:
                 return
             summary = self.run_pass(self.stop)
             self._failures = 0
-            log.info("pass done: %s", summary.line())
+            log.info("pass done: %s", summary.line(), extra=summary_fields(summary))
         except Exception as exc:
             self._retry_later(self._job, "pass", exc)
         finally:
@@ -76,15 +83,15 @@ class PassScheduler:
 
     def _retry_later(self, job: Callable[[], None], what: str, exc: Exception) -> None:
         self._failures += 1
-        delay = min(self.retry_seconds * 2 ** (self._failures - 1), MAX_RETRY_DELAY)
+        delay = self.retry_policy.delay(self._failures)
         kind = "database unreachable" if is_transient(exc) else type(exc).__name__
-        lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         log.error(
             "%s failed (%s: %s); the service keeps running and tries again in %ds",
             what,
             kind,
-            lines[0][:300] if lines else "",
+            short_error(exc),
             delay,
+            extra={"failures": self._failures, "retry_in_seconds": delay},
         )
         if self.stop.is_set():
             return
@@ -96,14 +103,25 @@ class PassScheduler:
             misfire_grace_time=self.misfire_grace_seconds,
         )
 
-    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
-        name = signal.Signals(signum).name if signum else "stop"
-        log.info("%s received: finishing the current batch, releasing claims, then exiting", name)
-        self.stop.set()
-        # shutdown(wait=True) waits for the running pass, which now ends after its batch.
-        threading.Thread(target=self.scheduler.shutdown, kwargs={"wait": True}, daemon=True).start()
+    def _shutdown(self) -> None:
+        threading.Thread(target=self._stop_scheduler, daemon=True).start()
 
-    def run(self) -> None:
+    def _stop_scheduler(self) -> None:
+        # A signal may arrive while the scheduler is still starting: wait until it runs.
+        # shutdown(wait=True) then waits for the running pass, which ends after its batch.
+        for _ in range(600):
+            try:
+                self.scheduler.shutdown(wait=True)
+                return
+            except SchedulerNotRunningError:
+                time.sleep(0.05)
+
+    def request_stop(self, signum: int) -> None:
+        """What a stop signal does; callable directly (tests, an embedding program)."""
+        self.signals.handle(signum)
+
+    def run(self) -> int:
+        """Run until a stop signal; return the process exit code (130 after SIGINT, else 0)."""
         job_options: dict[str, Any] = {
             "max_instances": 1,
             "coalesce": True,
@@ -114,14 +132,10 @@ class PassScheduler:
             self.scheduler.add_job(self._job, id="first-pass", **job_options)
         elif self.probe is not None:
             self.scheduler.add_job(self._probe_job, id="start-up-check")
-        previous = {
-            sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
-        }
-        try:
+        with self.signals:
             nxt = self.trigger.get_next_fire_time(None, datetime.now(self.trigger.timezone))
             log.info("scheduler started; next pass at %s", nxt.isoformat() if nxt else "never")
-            self.scheduler.start()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            if not self.stop.is_set():
+                self.scheduler.start()
         log.info("scheduler stopped")
+        return self.signals.exit_code()

@@ -3,6 +3,8 @@ reflected at run time from the configured names (see :mod:`labeler.source`)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     CheckConstraint,
     Column,
@@ -15,6 +17,11 @@ from sqlalchemy import (
     Table,
     Text,
 )
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from labeler.domain import PhotoStatus
 
 # Everything the labeler owns starts with this prefix, so migrations and `alembic check`
 # can ignore the association's own tables in the same database.
@@ -22,12 +29,16 @@ PREFIX = "labeler_"
 VERSION_TABLE = "labeler_alembic_version"
 REVIEW_VIEW = "labeler_review_queue"
 
-PENDING = "pending"
-LABELLED = "labelled"
-NEEDS_REVIEW = "needs_review"
-FAILED = "failed"
-REVIEWED = "reviewed"
-STATUSES = (PENDING, LABELLED, NEEDS_REVIEW, FAILED, REVIEWED)
+# Aliases of labeler.domain.PhotoStatus, as the plain strings the database stores.
+PENDING = PhotoStatus.PENDING.value
+LABELLED = PhotoStatus.LABELLED.value
+NEEDS_REVIEW = PhotoStatus.NEEDS_REVIEW.value
+FAILED = PhotoStatus.FAILED.value
+REVIEWED = PhotoStatus.REVIEWED.value
+# shelter fit (migration 0003): the source row vanished or stopped matching the filter.
+GONE = PhotoStatus.GONE.value
+STATUSES = (PENDING, LABELLED, NEEDS_REVIEW, FAILED, REVIEWED, GONE)
+GROUP_REVIEW_VIEW = "labeler_group_review_queue"
 
 metadata = MetaData(
     naming_convention={
@@ -41,10 +52,38 @@ metadata = MetaData(
 # Double precision everywhere: MySQL's plain FLOAT is single precision.
 Confidence: Double[float] = Double()
 
+# Source ids and group values, as text. They compare byte for byte on every server: under
+# MariaDB's default (case-insensitive) collation 'Rex-1' and 'rex-1' would be one row, and
+# under a PAD SPACE one (utf8mb4_bin included) 'Rex-1' and 'Rex-1 '.
+ID_LENGTH = 255
+
+
+def exact_collation(dialect: Dialect) -> str:
+    """The MariaDB/MySQL collation that compares utf8mb4 text byte for byte, without padding."""
+    if getattr(dialect, "is_mariadb", False):
+        return "utf8mb4_nopad_bin"
+    if (getattr(dialect, "server_version_info", None) or (0,)) >= (8, 0, 17):
+        return "utf8mb4_0900_bin"
+    return "utf8mb4_bin"  # older MySQL: still case-exact, but pads trailing spaces
+
+
+class IdText(TypeDecorator[str]):
+    """VARCHAR(255) that compares exactly (see :func:`exact_collation`)."""
+
+    impl = String(ID_LENGTH)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            exact = mysql.VARCHAR(ID_LENGTH, charset="utf8mb4", collation=exact_collation(dialect))
+            return dialect.type_descriptor(exact)
+        return dialect.type_descriptor(String(ID_LENGTH))
+
+
 photo = Table(
     "labeler_photo",
     metadata,
-    Column("photo_id", String(255), primary_key=True, comment="the source row's id, as text"),
+    Column("photo_id", IdText(), primary_key=True, comment="the source row's id, as text"),
     Column("status", String(16), nullable=False, server_default=PENDING),
     Column("photo_ref", String(1024), comment="path or URL of the photo; NULL for stored bytes"),
     Column("breed", String(128)),
@@ -70,12 +109,28 @@ photo = Table(
     ),
     Column("reviewed_by", String(128)),
     Column("reviewed_at", DateTime()),
+    # trust: audit sampling (migration 0002)
+    Column(
+        "audit",
+        Integer,
+        nullable=False,
+        server_default="0",
+        comment="1: a confident result sent to staff as a random audit; 0 otherwise",
+    ),
+    # shelter fit (migration 0003): which animal, which source, and scores to combine
+    Column("group_id", IdText(), comment="the source's group column (the animal), as text"),
+    Column("source_name", String(255), comment="table.id_column the row was read from"),
+    Column("context", String(1000), comment="configured context columns, for reviewers"),
+    Column("scores", Text, comment="JSON: top labels and log-probabilities, for combining"),
     CheckConstraint(
-        "status IN ('pending', 'labelled', 'needs_review', 'failed', 'reviewed')", name="status"
+        "status IN ('pending', 'labelled', 'needs_review', 'failed', 'reviewed', 'gone')",
+        name="status",
     ),
     Index(None, "status", "claim_expires_at"),
     Index(None, "model_version"),
     Index(None, "claimed_by"),
+    Index(None, "group_id"),
+    Index(None, "source_name"),
 )
 
 run = Table(
@@ -102,4 +157,71 @@ run = Table(
     ),
     Column("errors", Text),
     Index(None, "started_at"),
+)
+
+# --- trust: calibrated review thresholds (migration 0002) -------------------------------------
+
+threshold = Table(
+    "labeler_threshold",
+    metadata,
+    Column("model_version", String(128), primary_key=True),
+    Column("review_threshold", Confidence, nullable=False),
+    Column("review_margin", Confidence),
+    Column("target_precision", Confidence, nullable=False),
+    Column(
+        "precision_lower",
+        Confidence,
+        comment="lower confidence bound of precision at the threshold when it was set",
+    ),
+    Column("coverage", Confidence),
+    Column("rows_used", Integer, nullable=False),
+    Column("evidence", Text),
+    Column("created_at", DateTime(), nullable=False),
+    Column("created_by", String(128)),
+    comment="review thresholds calibrated from this shelter's staff decisions",
+)
+
+# --- shelter fit: one answer per animal (migration 0003) ---------------------------------------
+
+group = Table(
+    "labeler_group",
+    metadata,
+    Column("group_id", IdText(), primary_key=True, comment="the animal: source group value"),
+    Column("status", String(16), nullable=False, server_default=PENDING),
+    Column("breed", String(128)),
+    Column("confidence", Confidence),
+    Column("breed_2", String(128)),
+    Column("confidence_2", Confidence),
+    Column("breed_3", String(128)),
+    Column("confidence_3", Confidence),
+    Column("photos_used", Integer, nullable=False, server_default="0"),
+    Column("photo_ids", String(1000), comment="source ids of the photos combined"),
+    Column("model_version", String(128)),
+    Column("review_reason", String(255)),
+    Column(
+        "audit",
+        Integer,
+        nullable=False,
+        server_default="0",
+        comment="1: a confident answer sent to staff as an audit, never written back",
+    ),
+    Column("context", String(1000)),
+    Column("written_values", String(1000), comment="JSON: what labeler last wrote to the target"),
+    Column("written_at", DateTime()),
+    Column("staff_values", String(1000), comment="JSON: a breed staff set in their own UI"),
+    Column("staff_seen_at", DateTime()),
+    Column("reviewed_breed", String(128), comment="set by staff; written to the target"),
+    Column("reviewed_by", String(128)),
+    Column("reviewed_at", DateTime()),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", String(1000)),
+    Column("run_id", Integer),
+    Column("discovered_at", DateTime(), nullable=False),
+    Column("updated_at", DateTime(), nullable=False),
+    Column("decided_at", DateTime()),
+    CheckConstraint(
+        "status IN ('pending', 'labelled', 'needs_review', 'failed', 'reviewed', 'gone')",
+        name="status",
+    ),
+    Index(None, "status"),
 )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -10,11 +12,18 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
+from labeler.artifact import default_model_dir
+
 ImageKind = Literal["auto", "path", "url", "bytes", "base64"]
 
 # Plain SQL identifiers only (optionally schema-qualified for the source): configuration names
-# tables and columns, and those are the only things not passed as bound parameters.
-IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# tables and columns, and those are the only things not passed as bound parameters. Always
+# anchored with \Z, never `$`: `$` accepts a trailing newline ("animals\n").
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+
+# Upper bounds that keep datetime arithmetic (now + ttl, now + delay) from overflowing and
+# catch a value typed in the wrong unit; a week is far beyond any sensible setting.
+ONE_WEEK_SECONDS = 7 * 24 * 3600
 
 
 class ConfigError(Exception):
@@ -25,7 +34,7 @@ def _identifier(value: str | None, what: str, *, qualified: bool = False) -> str
     if value is None or value == "":
         return None
     parts = value.split(".") if qualified else [value]
-    if len(parts) > 2 or not all(IDENTIFIER.match(p) for p in parts):
+    if len(parts) > 2 or not all(IDENTIFIER.fullmatch(p) for p in parts):
         raise ValueError(
             f"{what} {value!r} is not a plain SQL identifier (letters, digits and _; "
             "not starting with a digit; at most 63 characters"
@@ -33,6 +42,40 @@ def _identifier(value: str | None, what: str, *, qualified: bool = False) -> str
             + ")"
         )
     return value
+
+
+def _allowed_host(entry: str) -> str:
+    """One allow-list entry, in the form photo URLs are matched in (``urlsplit().hostname``:
+    lower case, IPv6 without brackets, no port)."""
+    host = entry.strip().lower()
+    if "://" in host or "/" in host:
+        raise ValueError(
+            f"url_allowed_hosts entry {entry!r} is a URL; list host names only "
+            "(photos.example.org)"
+        )
+    bracketed = re.fullmatch(r"\[([0-9a-f:.]+)\](:\d*)?", host)
+    if bracketed:
+        host, port = bracketed.group(1), bracketed.group(2)
+    else:
+        port = None
+        if host.count(":") == 1:  # one colon: host:port (an IPv6 address has several)
+            host, port = host.split(":")[0], ":"
+    if port:
+        raise ValueError(
+            f"url_allowed_hosts entry {entry!r} has a port; list the host only "
+            "(every port of an allowed host is allowed)"
+        )
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                f"url_allowed_hosts entry {entry!r} is not a host name or IP address"
+            ) from None
+        return host
+    if not re.fullmatch(r"[a-z0-9]([a-z0-9\-.]*[a-z0-9])?\.?", host):
+        raise ValueError(f"url_allowed_hosts entry {entry!r} is not a host name")
+    return host
 
 
 class Settings(BaseSettings):
@@ -62,27 +105,73 @@ class Settings(BaseSettings):
     # --- photos from URLs -------------------------------------------------------------------
     url_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     url_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
-    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
-    max_image_pixels: int = Field(default=50_000_000, gt=0)
+    # ops: upper bounds keep reads and buffers within index-sized integers (2 GiB, 2 Gpx).
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0, le=2**31)
+    max_image_pixels: int = Field(default=50_000_000, gt=0, le=2**31)
 
     # --- the model and the decision ---------------------------------------------------------
-    model_dir: Path = Path("models/baseline-cnn")
+    # model: the packaged default model, found wherever labeler is installed (labeler/_models).
+    model_dir: Path = Field(default_factory=default_model_dir)
     review_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     review_margin: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    # --- trust: audit sampling (labeler.audit) ------------------------------------------------
+    # Share of confident results sent to staff as audits, to measure precision; 0 disables.
+    audit_share: float = Field(default=0.02, ge=0.0, le=1.0)
+
+    # --- shelter fit: one answer per animal, written to the shelter's own record ------------
+    # The source column whose value groups photos of one animal; unset = one answer per photo.
+    source_group_column: str | None = None
+    # Source columns copied (as text) into the review views, e.g. AnimalName,ShelterCode.
+    context_columns: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Write-back target: a table (or updatable view) whose key column matches the group value.
+    target_table: str | None = None
+    target_key_column: str | None = None
+    # CSV `label,<col>,<col>...`: our label -> the values for those target columns.
+    breed_map: Path | None = None
+    # `Col=value,...`: the target values meaning "no breed yet"; a withdrawal writes them back.
+    target_undecided: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # A photo disagrees with its animal's answer when its own best breed beats the animal's
+    # breed by more than this (in that photo's probabilities): the animal goes to review.
+    group_disagreement: float = Field(default=0.5, ge=0.0, le=1.0)
+
+    # --- asm3: the breed map checked against the shelter's breed table (labeler.breedmap) ---
+    # The shelter's breed lookup table, e.g. `breed` in ASM3; `labeler check` compares the map
+    # with it (every mapped id exists, the names match). Unset = no such check.
+    breed_table: str | None = None
+    # `MapColumn=TableColumn,...`: where each map column's value sits in the breed table; the
+    # first pair is the key, e.g. `BreedID=ID,BreedName=BreedName`.
+    breed_table_columns: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
 
     # --- a pass -----------------------------------------------------------------------------
     batch_size: int = Field(default=32, ge=1, le=4096)
     max_attempts: int = Field(default=3, ge=1, le=100)
-    claim_ttl_seconds: int = Field(default=900, ge=1)
+    claim_ttl_seconds: int = Field(default=900, ge=1, le=ONE_WEEK_SECONDS)
     max_rows_per_pass: int | None = Field(default=None, ge=1)
+
+    # --- perf: inference runtime and threads (labeler.runtime) -------------------------------
+    # auto: ONNX Runtime when installed and its outputs match Keras, else Keras; keras; onnx
+    # (like auto, but falling back to Keras is a warning).
+    runtime: Literal["auto", "keras", "onnx"] = "auto"
+    # Where a model converted to ONNX is cached (keyed by artifact version and file hash);
+    # unset: $XDG_CACHE_HOME/labeler/onnx or ~/.cache/labeler/onnx.
+    runtime_cache_dir: Path | None = None
+    # Intra-op threads of the runtime; 0 = one per core.
+    inference_threads: int = Field(default=0, ge=0, le=256)
+    # Batches prepared ahead of the one being classified.
+    prefetch_batches: int = Field(default=1, ge=1, le=16)
 
     # --- the scheduler ----------------------------------------------------------------------
     schedule_cron: str = "0 2 * * *"
     schedule_timezone: str = "UTC"
-    misfire_grace_seconds: int = Field(default=6 * 3600, ge=1)
-    failed_pass_retry_seconds: int = Field(default=300, ge=1)
+    misfire_grace_seconds: int = Field(default=6 * 3600, ge=1, le=ONE_WEEK_SECONDS)
+    failed_pass_retry_seconds: int = Field(default=300, ge=1, le=24 * 3600)
 
+    # --- ops: logging --------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # text: one human-readable line per event; json: one JSON object per line, with the
+    # structured fields (run_id, counts, photo_id) as keys, for a log collector.
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("source_table")
     @classmethod
@@ -119,11 +208,19 @@ class Settings(BaseSettings):
     @field_validator("url_allowed_hosts")
     @classmethod
     def _check_hosts(cls, v: list[str]) -> list[str]:
-        hosts = [h.strip().lower() for h in v if h.strip()]
-        for host in hosts:
-            if not re.match(r"^[a-z0-9.\-\[\]:]+$", host):
-                raise ValueError(f"url_allowed_hosts entry {host!r} is not a host name")
-        return hosts
+        return [_allowed_host(h) for h in v if h.strip()]
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _check_timezone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(
+                f"schedule_timezone {v!r} is not a known time zone "
+                "(an IANA name such as UTC or Europe/Paris)"
+            ) from exc
+        return v
 
     @field_validator("schedule_cron")
     @classmethod
@@ -141,18 +238,151 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, v: SecretStr) -> SecretStr:
+        # Never put the value (or a part of it) in these messages: it holds the password.
+        raw = v.get_secret_value()
+        if raw != raw.strip() or not raw.isprintable():
+            raise ValueError(
+                "database_url starts or ends with a space, or contains a newline or control "
+                "character (a trailing newline?); percent-encode it if it belongs in the URL"
+            )
         try:
-            make_url(v.get_secret_value())
+            url = make_url(raw)
         except Exception as exc:  # SQLAlchemy raises ArgumentError; the text may echo the URL
             raise ValueError("database_url is not a valid SQLAlchemy URL") from exc
+        if url.get_backend_name() != "sqlite":
+            # An unencoded '@' in the user name or password moves the split between the
+            # credentials and the host: the rest of the password would become the host name
+            # and appear in every connection error.
+            authority = raw.partition("://")[2].partition("?")[0]
+            if authority.count("@") > 1 or "@" in (url.host or ""):
+                raise ValueError(
+                    "database_url is ambiguous: it has more than one '@' before the host; "
+                    "percent-encode '@' in the user name or password as %40"
+                )
         return v
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.source_filter_values and not self.source_filter_column:
             raise ValueError("source_filter_values is set but source_filter_column is not")
+        if self.source_filter_column and not self.source_filter_values:
+            # An empty filter would silently label every row (cats too).
+            raise ValueError(
+                "source_filter_column is set but source_filter_values is empty: "
+                "list the values to label (LABELER_SOURCE_FILTER_VALUES)"
+            )
         if self.image_kind == "path" and self.photo_root is None:
             raise ValueError("image_kind=path needs photo_root (the folder photo paths are under)")
+        return self
+
+    # --- shelter fit validators --------------------------------------------------------------
+    @field_validator("source_group_column", "target_key_column")
+    @classmethod
+    def _check_shelter_column(cls, v: str | None, info: object) -> str | None:
+        return _identifier(v, getattr(info, "field_name", "column"))
+
+    @field_validator("target_table")
+    @classmethod
+    def _check_target_table(cls, v: str | None) -> str | None:
+        return _identifier(v, "target_table", qualified=True)
+
+    @field_validator("context_columns", mode="before")
+    @classmethod
+    def _split_context(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
+
+    @field_validator("context_columns")
+    @classmethod
+    def _check_context(cls, v: list[str]) -> list[str]:
+        if len(v) > 10:
+            raise ValueError("context_columns names more than 10 columns")
+        return [str(_identifier(c, "context_columns entry")) for c in v]
+
+    @field_validator("target_undecided", mode="before")
+    @classmethod
+    def _parse_undecided(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        values: dict[str, str] = {}
+        for part in v.split(","):
+            if not part.strip():
+                continue
+            column, sep, value = part.partition("=")
+            if not sep:
+                raise ValueError(
+                    f"target_undecided entry {part.strip()!r} is not Column=value "
+                    "(e.g. BreedID=412,BreedName=Mixed Breed)"
+                )
+            values[column.strip()] = value.strip()
+        return values
+
+    @field_validator("target_undecided")
+    @classmethod
+    def _check_undecided(cls, v: dict[str, str]) -> dict[str, str]:
+        for column in v:
+            _identifier(column, "target_undecided column")
+        return v
+
+    @model_validator(mode="after")
+    def _check_shelter_fit(self) -> Settings:
+        if self.target_table:
+            missing = [
+                f"LABELER_{name.upper()}"
+                for name, value in (
+                    ("source_group_column", self.source_group_column),
+                    ("target_key_column", self.target_key_column),
+                    ("breed_map", self.breed_map),
+                    ("target_undecided", self.target_undecided),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"target_table is set, so {', '.join(missing)} must be set too")
+        elif self.target_key_column or self.breed_map or self.target_undecided:
+            raise ValueError(
+                "target_key_column, breed_map and target_undecided need target_table"
+            )
+        if self.context_columns and not self.source_group_column:
+            raise ValueError("context_columns needs source_group_column")
+        return self
+
+    # --- asm3 validators: the breed table --------------------------------------------------
+    @field_validator("breed_table")
+    @classmethod
+    def _check_breed_table(cls, v: str | None) -> str | None:
+        return _identifier(v, "breed_table", qualified=True)
+
+    @field_validator("breed_table_columns", mode="before")
+    @classmethod
+    def _parse_breed_table_columns(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        pairs: dict[str, str] = {}
+        for part in v.split(","):
+            if not part.strip():
+                continue
+            map_column, sep, table_column = part.partition("=")
+            if not sep:
+                raise ValueError(
+                    f"breed_table_columns entry {part.strip()!r} is not MapColumn=TableColumn "
+                    "(e.g. BreedID=ID,BreedName=BreedName)"
+                )
+            pairs[map_column.strip()] = table_column.strip()
+        return pairs
+
+    @model_validator(mode="after")
+    def _check_breed_table_columns(self) -> Settings:
+        for map_column, table_column in self.breed_table_columns.items():
+            _identifier(map_column, "breed_table_columns map column")
+            _identifier(table_column, "breed_table_columns table column")
+        if self.breed_table and not self.breed_table_columns:
+            raise ValueError("breed_table is set, so LABELER_BREED_TABLE_COLUMNS must be set too")
+        if self.breed_table_columns and not self.breed_table:
+            raise ValueError("breed_table_columns needs breed_table")
+        if self.breed_table and not self.breed_map:
+            raise ValueError("breed_table is set, so LABELER_BREED_MAP must be set too")
         return self
 
     # --- derived ----------------------------------------------------------------------------
@@ -161,8 +391,10 @@ class Settings(BaseSettings):
         return make_url(self.database_url.get_secret_value())
 
     def safe_database_url(self) -> str:
-        """The database URL with any password masked, for logs and status output."""
-        return self.url.render_as_string(hide_password=True)
+        """The database URL with the password and credential parameters masked."""
+        from labeler.redact import safe_url
+
+        return safe_url(self.url)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Column, Connection, MetaData, Table, inspect
@@ -24,6 +25,17 @@ class Source:
     filter_values: tuple[str, ...] = ()
     writeback_breed_column: str | None = None
     writeback_confidence_column: str | None = None
+    group_column: str | None = None  # shelter fit: the animal a photo belongs to
+    context_columns: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """Which table and id column rows come from: recorded on each row, compared each pass."""
+        return f"{self.table.fullname}.{self.id_column}"[:255]
+
+    @property
+    def group(self) -> Column[Any] | None:
+        return self.table.c[self.group_column] if self.group_column else None
 
     @property
     def id(self) -> Column[Any]:
@@ -67,13 +79,18 @@ def reflect_source(conn: Connection, settings: Settings) -> Source:
         "LABELER_SOURCE_FILTER_COLUMN": settings.source_filter_column,
         "LABELER_WRITEBACK_BREED_COLUMN": settings.writeback_breed_column,
         "LABELER_WRITEBACK_CONFIDENCE_COLUMN": settings.writeback_confidence_column,
+        "LABELER_SOURCE_GROUP_COLUMN": settings.source_group_column,
     }
-    for env, column in wanted.items():
+    for env, column in [*wanted.items()] + [
+        ("LABELER_CONTEXT_COLUMNS", c) for c in settings.context_columns
+    ]:
         if column is not None and column not in table.c:
             raise SourceError(
                 f"{env}={column!r}: no such column in {settings.source_table!r} "
                 f"(it has {', '.join(sorted(table.c.keys()))})"
             )
+    if settings.source_filter_column:
+        check_filter_values(table.c[settings.source_filter_column], settings.source_filter_values)
     return Source(
         table=table,
         id_column=settings.source_id_column,
@@ -82,4 +99,45 @@ def reflect_source(conn: Connection, settings: Settings) -> Source:
         filter_values=tuple(settings.source_filter_values),
         writeback_breed_column=settings.writeback_breed_column,
         writeback_confidence_column=settings.writeback_confidence_column,
+        group_column=settings.source_group_column,
+        context_columns=tuple(settings.context_columns),
     )
+
+
+# --- ops: filter values must fit the filter column (issue 10) ---------------------------------
+
+
+def check_filter_values(column: Column[Any], values: list[str]) -> None:
+    """Refuse filter values the reflected column cannot hold: they would never match (a pass
+    that silently labels nothing) or make the server reject the query on every pass."""
+    where = "LABELER_SOURCE_FILTER_VALUES does not fit "
+    where += f"LABELER_SOURCE_FILTER_COLUMN={column.name!r}"
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return  # a type SQLAlchemy cannot map: leave the comparison to the server
+    if python_type is bool:
+        raise SourceError(f"{where}: a boolean column cannot be matched against text values")
+    for value in values:
+        if python_type is int:
+            try:
+                int(value)
+            except ValueError:
+                raise SourceError(f"{where} ({column.type}): {value!r} is not an integer") from None
+        elif python_type in (float, Decimal):
+            try:
+                float(value)
+            except ValueError:
+                raise SourceError(f"{where} ({column.type}): {value!r} is not a number") from None
+        elif python_type is str:
+            length = getattr(column.type, "length", None)
+            if length is not None and len(value) > length:
+                raise SourceError(
+                    f"{where} ({column.type}): {value!r} is longer than the column's "
+                    f"{length} characters"
+                )
+        else:
+            raise SourceError(
+                f"{where}: its type {column.type} is not text or a number "
+                "(filter on a text or integer column, or through a view)"
+            )

@@ -27,6 +27,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+_SERVER_FIXTURES = {"db_url", "server_db_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Split the suite: ``pytest -m unit`` runs in-process tests only, ``-m integration`` the
+    ones that need a database server or start labeler processes."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & _SERVER_FIXTURES or item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.integration)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.fixture(autouse=True)
 def _clean_labeler_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):

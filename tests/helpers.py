@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _find_shared() -> Path:
     """The shared data folder: LABELER_TEST_SHARED, else ``shared/`` beside the project (or
-    beside one of its parent folders, for a clone made deeper), else this machine's copy."""
+    beside one of its parent folders, for a clone made deeper)."""
     if "LABELER_TEST_SHARED" in os.environ:
         return Path(os.environ["LABELER_TEST_SHARED"])
-    for candidate in (*(p / "shared" for p in REPO.parents), Path("/work/shared")):
+    for candidate in (p / "shared" for p in REPO.parents):
         if (candidate / "data").is_dir():
             return candidate
     return REPO.parent / "shared"

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.artifact import ArtifactError, load_artifact
-from labeler.classifier import Classifier
+from labeler.artifact import ArtifactError, load_artifact, save_artifact
+from labeler.classifier import Classifier, calibrate
 from labeler.cli import main
 from labeler.images import decode_image
 from tests.helpers import FULLFRAME
@@ -50,6 +50,23 @@ def test_round_trip(tiny_artifact: Path) -> None:
         (lambda p: (p / "labels.json").write_text('["a", "a"]'), "duplicate"),
         (lambda p: (p / "labels.json").write_text("[]"), "non-empty list"),
         (lambda p: edit_metadata(p, calibration={"temperature": 0}), "temperature"),
+        # Absurd values (issue 10): each would auto-label everything at 1.0 or yield NaN.
+        (lambda p: edit_metadata(p, calibration={"temperature": 1e-300}), "between 0.05 and 20"),
+        (lambda p: edit_metadata(p, calibration={"temperature": 1e300}), "between 0.05 and 20"),
+        (lambda p: edit_metadata(p, calibration={"temperature": float("nan")}), "finite"),
+        (lambda p: edit_metadata(p, calibration={"temperature": float("inf")}), "finite"),
+        (lambda p: edit_metadata(p, calibration={"temperature": "1.0"}), "must be a number"),
+        (lambda p: edit_metadata(p, calibration={"temperature": True}), "must be a number"),
+        (lambda p: edit_metadata(p, calibration=[1.0]), "calibration must be an object"),
+        (lambda p: edit_metadata(p, decision={"review_threshold": float("nan")}), "finite"),
+        (lambda p: edit_metadata(p, decision={"review_threshold": -0.1}), "between 0 and 1"),
+        (lambda p: edit_metadata(p, decision={"review_margin": float("-inf")}), "finite"),
+        (lambda p: edit_metadata(p, decision={"review_margin": "high"}), "must be a number"),
+        (lambda p: edit_metadata(p, decision="strict"), "decision must be an object"),
+        (lambda p: edit_metadata(p, output={"reject_labels": "dingo"}), "list of label names"),
+        (lambda p: edit_metadata(p, tta=["identity", "rotate"]), "tta must be"),
+        (lambda p: edit_metadata(p, tta=[]), "tta must be"),
+        (lambda p: edit_metadata(p, tta="flip"), "tta must be"),
         (lambda p: edit_metadata(p, decision={"review_threshold": 3}), "between 0 and 1"),
         (lambda p: edit_metadata(p, output={"reject_labels": ["cat"]}), "not labels"),
         (lambda p: edit_metadata(p, preprocessing={"image_size": [2, 2]}), "out of range"),
@@ -63,6 +80,38 @@ def test_broken_artifacts_are_refused(artifact_copy: Path, breakage, message: st
     breakage(artifact_copy)
     with pytest.raises(ArtifactError, match=message):
         load_artifact(artifact_copy)
+
+
+@pytest.mark.parametrize("temperature", [0.05, 1.0, 20.0])
+def test_sane_temperatures_load(artifact_copy: Path, temperature: float) -> None:
+    edit_metadata(artifact_copy, calibration={"temperature": temperature}, tta=["identity", "flip"])
+    art = load_artifact(artifact_copy)
+    assert art.temperature == temperature and art.tta == ("identity", "flip")
+
+
+def test_test_time_flip_averages_the_views(tmp_path: Path) -> None:
+    import keras
+
+    from labeler.preprocessing import PreprocessingConfig
+
+    # Flatten + Dense sees where pixels are, so a mirrored photo gets other probabilities.
+    inputs = keras.Input((8, 8, 3))
+    dense = keras.layers.Dense(5, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.Flatten()(inputs)))
+    dense.set_weights([np.random.default_rng(0).normal(0, 0.002, (192, 5)), np.zeros(5)])
+    common = {"name": "flip", "kind": "test", "temperature": 1.5}
+    prep = PreprocessingConfig(image_size=(8, 8))
+    labels = [f"b{i}" for i in range(5)]
+    save_artifact(tmp_path / "plain", model, labels, prep, **common)  # type: ignore[arg-type]
+    save_artifact(tmp_path / "tta", model, labels, prep, tta=["identity", "flip"], **common)  # type: ignore[arg-type]
+    plain, tta = Classifier.load(tmp_path / "plain"), Classifier.load(tmp_path / "tta")
+    assert tta.artifact.tta == ("identity", "flip")
+    batch = np.random.default_rng(1).uniform(0, 255, (3, 8, 8, 3)).astype("float32")
+    raw = np.asarray(model(batch)), np.asarray(model(batch[:, :, ::-1]))
+    assert not np.allclose(raw[0], raw[1])
+    expected = calibrate((raw[0] + raw[1]) / 2, 1.5)
+    np.testing.assert_allclose(tta.predict_probabilities(batch), expected, atol=1e-6)
+    np.testing.assert_allclose(plain.predict_probabilities(batch), calibrate(raw[0], 1.5), 1e-5)
 
 
 def test_model_and_metadata_must_agree(artifact_copy: Path) -> None:

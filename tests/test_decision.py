@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from labeler.artifact import load_artifact
 from labeler.classifier import Prediction, calibrate, top_k
-from labeler.decision import Thresholds, decide
+from labeler.decision import (
+    AUDIT_REASON,
+    SOURCE_ARTIFACT,
+    SOURCE_SETTING,
+    CalibratedThreshold,
+    Thresholds,
+    decide,
+    decide_with_audit,
+    resolve_thresholds,
+)
 from labeler.schema import LABELLED, NEEDS_REVIEW
 
 
@@ -37,6 +50,57 @@ def test_decide(candidates, thresholds, status, reason_part) -> None:  # type: i
         assert decision.reason is None
     else:
         assert reason_part in (decision.reason or "")
+
+
+@pytest.mark.parametrize(
+    "candidates",
+    [
+        (("beagle", float("nan")), ("pug", 0.1)),
+        (("beagle", float("inf")), ("pug", 0.1)),
+        (("beagle", 0.9), ("pug", float("nan"))),  # a NaN margin passes `margin < x` too
+        (("beagle", 0.9), ("pug", float("-inf"))),
+        (("beagle", float("nan")),),
+    ],
+)
+def test_non_finite_confidence_goes_to_review(candidates: tuple[tuple[str, float], ...]) -> None:
+    decision = decide(prediction(*candidates), Thresholds(0.0, 0.0))
+    assert decision.status == NEEDS_REVIEW
+    assert "not a finite number" in (decision.reason or "")
+    assert decide_with_audit(prediction(*candidates), Thresholds(0.0, 0.0), True).audit is False
+
+
+def test_audit_turns_only_confident_results_into_audits() -> None:
+    t = Thresholds(0.6, 0.1)
+    confident = prediction(("beagle", 0.9), ("pug", 0.05))
+    doubtful = prediction(("beagle", 0.5), ("pug", 0.3))
+    audited = decide_with_audit(confident, t, True)
+    assert (audited.status, audited.reason, audited.audit) == (NEEDS_REVIEW, AUDIT_REASON, True)
+    assert (audited.reason or "").startswith("audit")
+    assert decide_with_audit(confident, t, False) == decide(confident, t)
+    # A doubtful result keeps its own reason: it is not part of the audit sample.
+    assert decide_with_audit(doubtful, t, True) == decide(doubtful, t)
+    assert decide_with_audit(doubtful, t, True).audit is False
+
+
+def test_threshold_precedence(tiny_artifact: Path) -> None:
+    artifact = load_artifact(tiny_artifact)  # recommends threshold 0.2, margin 0.0
+    calibrated = CalibratedThreshold(
+        model_version=artifact.version,
+        review_threshold=0.73,
+        review_margin=0.05,
+        target_precision=0.95,
+        rows_used=120,
+        created_at=datetime(2026, 11, 20, 8, 30),
+    )
+    t = resolve_thresholds(artifact, None, None)
+    assert (t.review_threshold, t.review_margin, t.source) == (0.2, 0.0, SOURCE_ARTIFACT)
+    t = resolve_thresholds(artifact, None, None, calibrated=calibrated, audit_share=0.02)
+    assert (t.review_threshold, t.review_margin, t.audit_share) == (0.73, 0.05, 0.02)
+    assert "calibrated on 2026-11-20 from 120 reviewed rows" in t.source
+    t = resolve_thresholds(artifact, 0.4, None, calibrated=calibrated)
+    assert (t.review_threshold, t.review_margin, t.source) == (0.4, 0.05, SOURCE_SETTING)
+    t = resolve_thresholds(artifact, None, 0.2, calibrated=calibrated)
+    assert (t.review_threshold, t.review_margin) == (0.73, 0.2)
 
 
 def test_top_k_ranks_best_first_and_keeps_ties_stable() -> None:

@@ -9,8 +9,9 @@ from sqlalchemy import select, text
 
 from labeler import migrate
 from labeler.app import Service
-from labeler.decision import decide
-from labeler.images import decode_image
+from labeler.audit import is_audit
+from labeler.decision import decide_with_audit
+from labeler.decoding import decode_image
 from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, REVIEW_VIEW, photo, run
 from labeler.settings import Settings
 from tests.helpers import FULLFRAME, create_photos, encode, fullframe_photos
@@ -89,8 +90,17 @@ def test_pass_labels_every_photo(db_url: str, kind: str, tiny_artifact: Path) ->
     # What each photo should get, computed photo by photo without the database or batching.
     expected = {}
     for i, path in enumerate(photos, start=1):
-        prediction = service.classifier.classify_images([decode_image(path.read_bytes())])[0]
-        expected[str(i)] = (prediction, decide(prediction, service.thresholds))
+        prediction = service.classifier.classify_images(
+            [
+                decode_image(
+                    path.read_bytes(),
+                    target_size=service.classifier.artifact.preprocessing.image_size,
+                )
+            ]
+        )[0]
+        t = service.thresholds
+        audit = is_audit(str(i), service.classifier.version, t.audit_share)
+        expected[str(i)] = (prediction, decide_with_audit(prediction, t, audit))
 
     with engine.connect() as conn:
         state = {r.photo_id: r for r in conn.execute(select(photo))}

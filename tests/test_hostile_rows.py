@@ -21,8 +21,9 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select
 
 from labeler import migrate
 from labeler.app import Service
-from labeler.decision import decide
-from labeler.images import decode_image
+from labeler.audit import is_audit
+from labeler.decision import decide_with_audit
+from labeler.decoding import decode_image
 from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, photo, run
 from labeler.settings import Settings
 from tests.helpers import create_photos, png_bytes
@@ -171,8 +172,12 @@ def test_hostile_rows_fail_alone(db_url: str, tiny_artifact: Path) -> None:
 
     expected = {}
     for pid, data in good.items():
-        prediction = service.classifier.classify_images([decode_image(data)])[0]
-        expected[str(pid)] = (prediction, decide(prediction, service.thresholds))
+        prediction = service.classifier.classify_images(
+            [decode_image(data, target_size=service.classifier.artifact.preprocessing.image_size)]
+        )[0]
+        t = service.thresholds
+        audit = is_audit(str(pid), service.classifier.version, t.audit_share)
+        expected[str(pid)] = (prediction, decide_with_audit(prediction, t, audit))
     with engine.connect() as conn:
         state = {r.photo_id: r for r in conn.execute(select(photo))}
         run_row = conn.execute(select(run)).one()

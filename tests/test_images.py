@@ -1,4 +1,5 @@
-"""labeler.images against broken, hostile and unusual input: every image is generated here."""
+"""labeler.fetching and labeler.decoding against broken, hostile and unusual input: every image
+is generated here."""
 
 from __future__ import annotations
 
@@ -22,14 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from labeler.images import (
-    ImageError,
-    LoaderConfig,
-    decode_image,
-    detect_kind,
-    load_bytes,
-    load_image,
-)
+from labeler.decoding import ImageError, decode_image
+from labeler.fetching import LoaderConfig, detect_kind, load_bytes, load_image
 
 RED = (255, 0, 0)
 HTML_PAGE = (
@@ -935,3 +930,13 @@ def test_url_to_a_closed_port() -> None:
     message = error_of(lambda: load_image(f"http://127.0.0.1:{port}/rex.png", url_config()))
     assert message.startswith("photo URL cannot be fetched: "), message
     assert "refused" in message.lower(), message
+
+
+def test_images_module_keeps_the_old_names() -> None:
+    from labeler import decoding, fetching, images
+
+    assert images.load_image is fetching.load_image
+    assert images.reference_of is fetching.reference_of
+    assert images.LoaderConfig is fetching.LoaderConfig
+    assert images.ImageError is decoding.ImageError
+    assert images.decode_image is decoding.decode_image

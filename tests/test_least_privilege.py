@@ -21,6 +21,7 @@ GRANTS = """
 GRANT SELECT ON animals TO {role};
 GRANT UPDATE (breed, breed_confidence) ON animals TO {role};
 GRANT SELECT, INSERT, UPDATE ON labeler_photo, labeler_run TO {role};
+GRANT SELECT, INSERT, UPDATE, DELETE ON labeler_threshold TO {role};
 GRANT USAGE ON SEQUENCE labeler_run_id_seq TO {role};
 GRANT SELECT ON labeler_alembic_version, labeler_review_queue TO {role};
 """

@@ -146,3 +146,4 @@ def test_killed_labeler_loses_nothing(server_db_url: str, tiny_artifact: Path) -
     assert claimed == 0
     assert sum(processed(r) for r in runs) == total, "a row was labelled twice or lost"
     assert processed(runs[0]) == partial and runs[1].status == "finished"
+    assert runs[0].status == "abandoned", "the next pass closes the killed pass's run"

@@ -143,7 +143,8 @@ def test_check_and_status_on_a_healthy_database(server_db_url: str, tiny_artifac
         assert proc.returncode == 0, (args, out)
         outputs.append(out)
     check, _, status, status_json = outputs
-    assert check.count("ok    ") == 4
+    steps = ("database reachable", "migrations", "photo source", "photo root", "model")
+    assert all(f"ok    {step}:" in check for step in steps) and "FAIL" not in check, check
     assert "photos:   20" in status and "recent runs:" in status and "run-once" in status
     assert '"total": 20' in status_json
     assert PASSWORD not in "".join(outputs)
@@ -156,3 +157,80 @@ def test_check_reports_missing_migrations(server_db_url: str, tiny_artifact: Pat
     assert proc.returncode == 1
     assert "FAIL  migrations: schema is at nothing" in out and "labeler db upgrade" in out
     assert "FAIL  photo source" in out and "'animals' does not exist" in out
+
+
+def _labelled_count(engine) -> int:  # type: ignore[no-untyped-def]
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                select(func.count()).where(photo.c.status.in_([LABELLED, NEEDS_REVIEW]))
+            ).scalar_one()
+        )
+
+
+@pytest.mark.parametrize(
+    ("command", "sig", "code"),
+    [
+        (["run-once"], signal.SIGINT, 130),  # Ctrl-C: 128 + SIGINT
+        (["run-once"], signal.SIGHUP, 0),  # like SIGTERM: an orderly stop
+        (["schedule", "--now"], signal.SIGINT, 130),
+        (["schedule", "--now"], signal.SIGHUP, 0),
+    ],
+)
+def test_stop_signals_finish_the_batch_with_the_documented_exit_code(
+    tiny_artifact: Path, tmp_path: Path, command: list[str], sig: signal.Signals, code: int
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shelter.db'}"
+    total = 400
+    seed(url, total)
+    proc = spawn(command, labeler_env(url, tiny_artifact))
+    engine = create_engine(url)
+    try:
+        assert wait_for(lambda: _labelled_count(engine) >= 20), "the pass never started"
+        proc.send_signal(sig)
+        out = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, out
+    assert f"{sig.name} received" in out
+    with engine.connect() as conn:
+        claimed = conn.execute(
+            select(func.count()).where(photo.c.claimed_by.is_not(None))
+        ).scalar_one()
+        runs = list(conn.execute(select(run)))
+    done = _labelled_count(engine)
+    engine.dispose()
+    assert claimed == 0 and done < total
+    assert [r.status for r in runs] == ["interrupted"]
+    assert runs[0].labelled + runs[0].needs_review == done
+
+
+def test_json_log_format_from_a_real_pass(tiny_artifact: Path, tmp_path: Path) -> None:
+    import json
+
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'shelter.db'}"
+    seed(url, 12)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO animals (id, photo) VALUES (13, :junk)"), {"junk": b"junk"})
+    engine.dispose()
+    env = labeler_env(url, tiny_artifact, LABELER_LOG_FORMAT="json")
+    proc = subprocess.run(
+        [sys.executable, "-m", "labeler", "run-once"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    assert records and all({"time", "level", "logger", "message"} <= r.keys() for r in records)
+    done = [r for r in records if r.get("run_status") == "finished"]
+    assert len(done) == 1 and done[0]["run_id"] == 1
+    assert done[0]["labelled"] + done[0]["needs_review"] + done[0]["failed"] == 13
+    per_row = [r for r in records if r.get("photo_id") == "13"]
+    assert len(per_row) == 1 and per_row[0]["run_id"] == 1 and "failed" in per_row[0]["message"]

@@ -23,6 +23,24 @@ from labeler.settings import ConfigError, load_settings
         ("LABELER_IMAGE_KIND", "pdf", "auto"),
         ("LABELER_DATABASE_URL", "not a url", "not a valid SQLAlchemy URL"),
         ("LABELER_URL_ALLOWED_HOSTS", "photos.example.org,bad host!", "not a host name"),
+        # issue 10: accepted, then misbehaving
+        ("LABELER_SCHEDULE_TIMEZONE", "Mars/Olympus_Mons", "not a known time zone"),
+        ("LABELER_SCHEDULE_TIMEZONE", "UTC\n", "not a known time zone"),
+        ("LABELER_SCHEDULE_TIMEZONE", "../../etc/passwd", "not a known time zone"),
+        ("LABELER_CLAIM_TTL_SECONDS", "99999999999999999999", "less than or equal to 604800"),
+        ("LABELER_MISFIRE_GRACE_SECONDS", "10000000000", "less than or equal to 604800"),
+        ("LABELER_FAILED_PASS_RETRY_SECONDS", "10000000000", "less than or equal to 86400"),
+        ("LABELER_SOURCE_TABLE", "animals\n", "not a plain SQL identifier"),
+        ("LABELER_SOURCE_ID_COLUMN", "id\n", "not a plain SQL identifier"),
+        ("LABELER_SOURCE_FILTER_COLUMN", "species\n", "not a plain SQL identifier"),
+        ("LABELER_DATABASE_URL", "sqlite:///labeler.db\n", "trailing newline"),
+        ("LABELER_DATABASE_URL", " postgresql+psycopg://u@db/x", "starts or ends with a space"),
+        ("LABELER_URL_ALLOWED_HOSTS", "photos.example.org:8443", "has a port"),
+        ("LABELER_URL_ALLOWED_HOSTS", "[2001:db8::1]:443", "has a port"),
+        ("LABELER_URL_ALLOWED_HOSTS", "https://photos.example.org", "is a URL"),
+        ("LABELER_URL_ALLOWED_HOSTS", "[not-an-ip]", "not a host name"),
+        ("LABELER_LOG_FORMAT", "xml", "text"),
+        ("LABELER_MAX_IMAGE_BYTES", str(10**30), "less than or equal to 2147483648"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(
@@ -39,6 +57,15 @@ def test_combinations_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LABELER_SOURCE_FILTER_VALUES", "dog")
     with pytest.raises(ConfigError, match="source_filter_column is not"):
         load_settings()
+    monkeypatch.delenv("LABELER_SOURCE_FILTER_VALUES")
+    # A filter column without values would label every species: refused, naming both.
+    for empty in ("", " , "):
+        monkeypatch.setenv("LABELER_SOURCE_FILTER_COLUMN", "species")
+        monkeypatch.setenv("LABELER_SOURCE_FILTER_VALUES", empty)
+        with pytest.raises(ConfigError, match="LABELER_SOURCE_FILTER_VALUES") as info:
+            load_settings()
+        assert "source_filter_column is set" in str(info.value)
+    monkeypatch.delenv("LABELER_SOURCE_FILTER_COLUMN")
     monkeypatch.delenv("LABELER_SOURCE_FILTER_VALUES")
     monkeypatch.setenv("LABELER_IMAGE_KIND", "path")
     with pytest.raises(ConfigError, match="needs photo_root"):
@@ -90,3 +117,108 @@ def test_log_records_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert RedactingFilter(secrets).filter(record)
     assert record.getMessage() == "failed for ***"
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("Photos.Example.org", "photos.example.org"),
+        ("[::1]", "::1"),  # brackets are URL syntax; photo URLs are matched without them
+        ("[2001:DB8::7]", "2001:db8::7"),
+        ("::1", "::1"),
+        ("192.0.2.10", "192.0.2.10"),
+        ("photos.example.org.", "photos.example.org."),
+    ],
+)
+def test_allowed_hosts_are_normalised_to_how_urls_are_matched(
+    monkeypatch: pytest.MonkeyPatch, entry: str, expected: str
+) -> None:
+    from urllib.parse import urlsplit
+
+    monkeypatch.setenv("LABELER_URL_ALLOWED_HOSTS", entry)
+    assert load_settings().url_allowed_hosts == [expected]
+    # the form labeler.images compares against: urlsplit(url).hostname, lower-cased
+    host = entry.lower() if entry.startswith("[") else f"[{entry}]" if ":" in entry else entry
+    assert (urlsplit(f"http://{host}:8080/a.jpg").hostname or "").lower() == expected
+
+
+def test_a_valid_time_zone_reaches_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    monkeypatch.setenv("LABELER_SCHEDULE_TIMEZONE", "Europe/Paris")
+    settings = load_settings()
+    trigger = CronTrigger.from_crontab(settings.schedule_cron, timezone=settings.schedule_timezone)
+    assert str(trigger.timezone) == "Europe/Paris"
+
+
+def test_the_largest_claim_ttl_still_computes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from labeler.db import utc_now
+
+    monkeypatch.setenv("LABELER_CLAIM_TTL_SECONDS", "604800")
+    ttl = timedelta(seconds=load_settings().claim_ttl_seconds)
+    now = utc_now()
+    assert now - ttl < now < now + ttl  # neither direction overflows
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("postgresql+psycopg://labeler:p@ss-w0rd@db.example.org/shelter", "ss-w0rd"),
+        ("mysql+pymysql://app@corp:s3cret-pw@db/shelter", "s3cret-pw"),
+    ],
+)
+def test_an_ambiguous_url_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, secret: str
+) -> None:
+    monkeypatch.setenv("LABELER_DATABASE_URL", url)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    message = str(info.value)
+    assert "LABELER_DATABASE_URL" in message and "ambiguous" in message and "%40" in message
+    assert secret not in message and "example.org" not in message and "corp" not in message
+
+
+def test_unusual_but_unambiguous_urls_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    for url in (
+        "postgresql+psycopg://labeler:p%40ss@db/shelter",  # an encoded '@'
+        "postgresql+psycopg://labeler:pa/ss@db/shelter",  # SQLAlchemy takes '/' in a password
+        "sqlite:////srv/user@host/labeler.db",  # a file path may hold '@'
+        "sqlite:////srv/my photos/labeler.db",
+    ):
+        monkeypatch.setenv("LABELER_DATABASE_URL", url)
+        assert load_settings().url is not None
+
+
+def test_query_parameter_credentials_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from labeler.redact import RedactingFilter, secrets_of
+
+    monkeypatch.setenv(
+        "LABELER_DATABASE_URL",
+        "postgresql+psycopg://labeler@db/shelter?password=qu3ry-Pw&sslmode=require"
+        "&sslpassword=k3y-Pass&sslkey=/etc/labeler/client.key",
+    )
+    settings = load_settings()
+    shown = settings.safe_database_url()
+    for secret in ("qu3ry-Pw", "k3y-Pass", "client.key"):
+        assert secret not in shown
+    assert "sslmode=require" in shown and "password=***" in shown
+    secrets = secrets_of(settings)
+    assert "qu3ry-Pw" in secrets and "k3y-Pass" in secrets
+    record = logging.LogRecord(
+        "x", logging.ERROR, __file__, 1, "connect failed: %s", ("password=qu3ry-Pw",), None
+    )
+    record.detail = "k3y-Pass in a structured field"
+    try:
+        raise RuntimeError("traceback mentions qu3ry-Pw")
+    except RuntimeError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    assert RedactingFilter(secrets).filter(record)
+    text = record.getMessage() + record.detail + (record.exc_text or "")
+    assert "qu3ry-Pw" not in text and "k3y-Pass" not in text
+    assert "traceback mentions ***" in (record.exc_text or "")

@@ -14,8 +14,9 @@ from sqlalchemy.dialects import mysql
 
 from labeler import migrate
 from labeler.app import Service
-from labeler.decision import decide
-from labeler.images import decode_image
+from labeler.audit import is_audit
+from labeler.decision import decide_with_audit
+from labeler.decoding import decode_image
 from labeler.schema import FAILED, photo
 from labeler.settings import Settings
 from labeler.source import SourceError
@@ -30,9 +31,17 @@ def states(url: str) -> dict[str, object]:
     return rows
 
 
-def expected_for(service: Service, path: Path) -> tuple[str, str]:
-    prediction = service.classifier.classify_images([decode_image(path.read_bytes())])[0]
-    return prediction.label, decide(prediction, service.thresholds).status
+def expected_for(service: Service, path: Path, photo_id: str) -> tuple[str, str]:
+    prediction = service.classifier.classify_images(
+        [
+            decode_image(
+                path.read_bytes(), target_size=service.classifier.artifact.preprocessing.image_size
+            )
+        ]
+    )[0]
+    t = service.thresholds
+    audit = is_audit(photo_id, service.classifier.version, t.audit_share)
+    return prediction.label, decide_with_audit(prediction, t, audit).status
 
 
 def test_view_joining_the_associations_tables(db_url: str, tiny_artifact: Path) -> None:
@@ -64,7 +73,7 @@ def test_view_joining_the_associations_tables(db_url: str, tiny_artifact: Path) 
     dogs = {str(r["id"]): photos[int(r["id"]) - 1] for r in rows if r["species"] == "dog"}
     assert set(got) == set(dogs) and summary.processed == len(dogs)
     for pid, path in dogs.items():
-        assert (got[pid].breed, got[pid].status) == expected_for(service, path)  # type: ignore[attr-defined]
+        assert (got[pid].breed, got[pid].status) == expected_for(service, path, pid)  # type: ignore[attr-defined]
     service.engine.dispose()
 
 
@@ -101,7 +110,7 @@ def test_text_ids(db_url: str, tiny_artifact: Path) -> None:
     got = states(db_url)
     assert set(got) == set(ids)
     for pid, path in zip(ids, photos, strict=True):
-        assert (got[pid].breed, got[pid].status) == expected_for(service, path)  # type: ignore[attr-defined]
+        assert (got[pid].breed, got[pid].status) == expected_for(service, path, pid)  # type: ignore[attr-defined]
     service.engine.dispose()
 
 
@@ -143,7 +152,7 @@ def test_photos_behind_urls(db_url: str, tiny_artifact: Path, photo_server: str)
     got = states(db_url)
     for i, path in enumerate(photos, start=1):
         row = got[str(i)]
-        assert (row.breed, row.status) == expected_for(service, path)  # type: ignore[attr-defined]
+        assert (row.breed, row.status) == expected_for(service, path, str(i))  # type: ignore[attr-defined]
         assert row.photo_ref == rows[i - 1]["photo"]  # type: ignore[attr-defined]
     reasons = {pid: got[pid].last_error for pid in ("100", "101", "102")}  # type: ignore[attr-defined]
     assert all(got[pid].status == FAILED for pid in reasons)  # type: ignore[attr-defined]

@@ -21,6 +21,16 @@ def _size(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def _views(text: str) -> tuple[str, ...]:
+    from training.views import VIEWS
+
+    views = tuple(v for v in text.split(",") if v)
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown or not views:
+        raise argparse.ArgumentTypeError(f"views must be a comma list from {VIEWS}")
+    return views
+
+
 def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: str) -> None:
     parser.add_argument(
         f"--{name}", action=argparse.BooleanOptionalAction, default=default, help=help
@@ -92,12 +102,49 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fine-tune-fraction", type=float, default=0.2)
     t.add_argument("--fine-tune-learning-rate", type=float, default=1e-5)
     t.add_argument("--fine-tune-max-train", type=int, default=None)
+    t.add_argument(
+        "--fine-tune-views",
+        type=_views,
+        default=(),
+        help="training.views drawn per photo while fine-tuning, e.g. identity,zoomout",
+    )
     t.add_argument("--target-accuracy", type=float, default=0.95)
     t.add_argument(
         "--review-min-rows",
         type=int,
         default=30,
         help="validation rows the target must hold on before a threshold is recommended",
+    )
+    t.add_argument(
+        "--feature-views",
+        type=_views,
+        default=("identity",),
+        help="comma list of training.views whose cached features train the head "
+        "(identity,flip,zoomout,zoomin)",
+    )
+    t.add_argument("--head-dropout", type=float, default=0.2)
+    t.add_argument("--head-l2", type=float, default=0.0)
+    t.add_argument(
+        "--calibration-data",
+        default=None,
+        help="full-frame photos (one folder per class) to fit temperature, threshold and "
+        "margin on by cross-validation; never trained on",
+    )
+    t.add_argument("--calibration-folds", type=int, default=5)
+    t.add_argument("--calibration-target", type=float, default=0.95, help="precision aimed for")
+    t.add_argument(
+        "--calibration-margins",
+        type=lambda text: tuple(float(x) for x in text.split(",")),
+        default=(0.0, 0.1, 0.2, 0.3),
+    )
+    t.add_argument(
+        "--reject-classes",
+        type=lambda text: tuple(x for x in text.split(",") if x),
+        default=(),
+        help="class ids (synsets) that are not dog breeds: always sent to review",
+    )
+    t.add_argument(
+        "--tta", type=_views, default=("identity",), help="test-time views: identity[,flip]"
     )
     _bool_flag(t, "plots", True, "write learning curves, confusion matrix, confused pairs")
 
@@ -156,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.train import TrainConfig, run
+    from training.train import TrainConfig, quality_note, run
 
     name = args.name or (Path(args.output).name if args.output else f"{args.model}-run")
     cfg = TrainConfig(
@@ -200,8 +247,18 @@ def _train(args: argparse.Namespace) -> int:
         fine_tune_fraction=args.fine_tune_fraction,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
         fine_tune_max_train=args.fine_tune_max_train,
+        fine_tune_views=args.fine_tune_views,
         target_accuracy=args.target_accuracy,
         review_min_rows=args.review_min_rows,
+        feature_views=args.feature_views,
+        head_dropout=args.head_dropout,
+        head_l2=args.head_l2,
+        calibration_dir=args.calibration_data,
+        calibration_folds=args.calibration_folds,
+        calibration_target=args.calibration_target,
+        calibration_margins=args.calibration_margins,
+        reject_classes=args.reject_classes,
+        tta=args.tta,
         workers=args.workers,
         plots=args.plots,
     )
@@ -214,4 +271,6 @@ def _train(args: argparse.Namespace) -> int:
         f"val_review_share={m['review']['val_review_share']:.3f} "
         f"test_review_share={m['review']['test_review_share']}"
     )
+    if "fullframe" in m:
+        print(quality_note("transfer", m))
     return 0

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from labeler.decoding import decode_image
 from labeler.preprocessing import PreprocessingConfig, preprocess_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -133,9 +133,9 @@ def write_split(path: Path, dataset: Dataset, split: dict[str, np.ndarray]) -> N
                 writer.writerow([name, dataset.relative(int(i)), label, dataset.class_names[label]])
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+def read_rgb(path: Path, target_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Decode a photo exactly as serving does (EXIF upright, first frame, same limits)."""
+    return decode_image(path.read_bytes(), target_size=target_size)
 
 
 def load_images(paths: Sequence[Path], config: PreprocessingConfig, workers: int = 2) -> np.ndarray:
@@ -148,7 +148,7 @@ def load_images(paths: Sequence[Path], config: PreprocessingConfig, workers: int
     out = np.empty((len(paths), h, w, config.channels), dtype=np.uint8)
 
     def work(i: int) -> None:
-        out[i] = preprocess_image(read_rgb(paths[i]), config)
+        out[i] = preprocess_image(read_rgb(paths[i], config.image_size), config)
 
     # Pillow releases the GIL while decoding, so threads are enough.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -171,6 +171,7 @@ def cached_images(
                 "mode": config.resize_mode,
                 "gray": config.grayscale,
                 "eq": config.equalize,
+                "decoder": "labeler.decoding",  # upright + reduced-scale decoding
             }
         ).encode()
     ).hexdigest()[:16]

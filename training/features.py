@@ -18,14 +18,19 @@ import keras
 import numpy as np
 
 from labeler.preprocessing import PreprocessingConfig, finish_batch
+from training.views import apply_view
 
 log = logging.getLogger(__name__)
 
 
 def feature_cache_key(
-    backbone: str, weights_id: str, preprocessing: PreprocessingConfig, files: list[str]
+    backbone: str,
+    weights_id: str,
+    preprocessing: PreprocessingConfig,
+    files: list[str],
+    view: str = "identity",
 ) -> str:
-    payload = {
+    payload: dict[str, object] = {
         "backbone": backbone,
         "weights": weights_id,
         "image_size": list(preprocessing.image_size),
@@ -34,6 +39,8 @@ def feature_cache_key(
         "equalize": preprocessing.equalize,
         "files": files,
     }
+    if view != "identity":  # keeps the keys of caches written before views existed
+        payload["view"] = view
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -42,12 +49,18 @@ def extract_features(
     images: np.ndarray,
     preprocessing: PreprocessingConfig,
     batch_size: int = 64,
+    view: str = "identity",
 ) -> np.ndarray:
-    """Run the backbone over uint8 images in chunks (a float copy of all of them is large)."""
+    """Run the backbone over uint8 images in chunks (a float copy of all of them is large).
+
+    ``view`` (``training.views``) is applied chunk by chunk, seeded by the chunk's offset, so
+    the same images always give the same augmented features.
+    """
     chunks = []
     start = time.perf_counter()
     for i in range(0, len(images), batch_size):
-        batch = finish_batch(images[i : i + batch_size], preprocessing)
+        pixels = apply_view(images[i : i + batch_size], view, seed=i)
+        batch = finish_batch(pixels, preprocessing)
         chunks.append(np.asarray(extractor.predict_on_batch(batch), dtype=np.float32))
         done = min(i + batch_size, len(images))
         if (i // batch_size) % 20 == 0 or done == len(images):

@@ -111,7 +111,13 @@ def backbone_kwargs(weights: str | None, include_top: bool) -> dict[str, Any]:
 
 
 def build_head(
-    feature_dim: int, num_classes: int, *, hidden: int = 0, dropout: float = 0.2, name: str = "head"
+    feature_dim: int,
+    num_classes: int,
+    *,
+    hidden: int = 0,
+    dropout: float = 0.2,
+    l2: float = 0.0,
+    name: str = "head",
 ) -> keras.Model:
     """The trained classifier on top of frozen backbone features."""
     inputs = keras.Input((feature_dim,), name="features")
@@ -119,7 +125,10 @@ def build_head(
     if hidden:
         x = keras.layers.Dense(hidden, activation="relu")(x)
         x = keras.layers.Dropout(dropout)(x) if dropout else x
-    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probs")(x)
+    reg = keras.regularizers.L2(l2) if l2 else None
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", kernel_regularizer=reg, name="probs"
+    )(x)
     return keras.Model(inputs, outputs, name=name)
 
 

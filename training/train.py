@@ -7,6 +7,7 @@ metadata that says how it was made. Photos never go into the artifact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -29,7 +30,13 @@ from labeler.preprocessing import (
 from training import calibration
 from training.augment import AugmentConfig, build_augmentation
 from training.backbones import load_backbone, weights_id
-from training.data import Dataset, cached_images, discover, split_fingerprint, stratified_split
+from training.data import (
+    Dataset,
+    cached_images,
+    discover,
+    split_fingerprint,
+    stratified_split,
+)
 from training.data import write_split as write_split_csv
 from training.features import cached, extract_features, feature_cache_key
 from training.models import (
@@ -40,6 +47,7 @@ from training.models import (
     preprocess_mode,
     set_fine_tuning,
 )
+from training.views import apply_view
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +103,22 @@ class TrainConfig:
     fine_tune_fraction: float = 0.2
     fine_tune_learning_rate: float = 1e-5
     fine_tune_max_train: int | None = None
+    fine_tune_views: tuple[str, ...] = ()  # training.views drawn per photo while fine-tuning
+    # frozen-feature views of every training photo the head learns from (training.views)
+    feature_views: tuple[str, ...] = ("identity",)
+    head_dropout: float = 0.2
+    head_l2: float = 0.0
     # decision
     target_accuracy: float = 0.95
     review_min_rows: int = 30
+    # Full-frame calibration (issue 8): photos like a shelter's, used only to fit temperature,
+    # threshold and margin by cross-validation and to choose nothing else. Never trained on.
+    calibration_dir: str | None = None
+    calibration_folds: int = 5
+    calibration_target: float = 0.95  # precision the fitted rule aims for
+    calibration_margins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
+    reject_classes: tuple[str, ...] = ()  # class ids (synsets) that are not dog breeds
+    tta: tuple[str, ...] = ("identity",)
     workers: int = 2
     plots: bool = True
 
@@ -228,12 +249,15 @@ class ImageBatches(keras.utils.PyDataset):
         prep: PreprocessingConfig,
         batch_size: int,
         shuffle_seed: int | None = None,
+        views: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.images, self.targets, self.prep = images, targets, prep
         self.indices = np.asarray(indices)
         self.batch_size = batch_size
         self.rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+        self.views = views
+        self.epoch = 0
         self.on_epoch_end()
 
     def __len__(self) -> int:
@@ -241,11 +265,22 @@ class ImageBatches(keras.utils.PyDataset):
 
     def __getitem__(self, i: int) -> Any:
         rows = self.order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = finish_batch(self.images[self.indices[rows]], self.prep)
+        pixels = self.images[self.indices[rows]]
+        if self.views:
+            # Each photo gets one of the views (training.views), drawn per epoch and batch.
+            pick = np.random.default_rng([self.epoch, i]).integers(0, len(self.views), len(rows))
+            pixels = pixels.copy()
+            for v, view in enumerate(self.views):
+                if (pick == v).any():
+                    pixels[pick == v] = apply_view(
+                        pixels[pick == v], view, seed=self.epoch * 7919 + i
+                    )
+        x = finish_batch(pixels, self.prep)
         return x if self.targets is None else (x, self.targets[rows])
 
     def on_epoch_end(self) -> None:
         n = len(self.indices)
+        self.epoch += 1
         self.order = np.arange(n) if self.rng is None else self.rng.permutation(n)
 
 
@@ -358,24 +393,37 @@ def run(cfg: TrainConfig) -> TrainResult:
         backbone = load_backbone(cfg.backbone, cfg.weights, (*img_shape[:2], 3))
         wid = weights_id(cfg.weights)
         extractor = build_feature_extractor(backbone, mode, img_shape)
-        key = feature_cache_key(
-            cfg.backbone, wid, prep, [dataset.relative(i) for i in range(len(dataset))]
-        )
-        t0 = time.perf_counter()
+        files = [dataset.relative(i) for i in range(len(dataset))]
         cache_dir = Path(cfg.feature_cache_dir) if cfg.feature_cache_dir else None
-        feats = cached(cache_dir, key, lambda: extract_features(extractor, images, prep))
+        t0 = time.perf_counter()
+        by_view: dict[str, np.ndarray] = {}
+        for view in dict.fromkeys(("identity", *cfg.feature_views, *cfg.tta)):
+            key = feature_cache_key(cfg.backbone, wid, prep, files, view)
+            by_view[view] = cached(
+                cache_dir,
+                key,
+                lambda v=view: extract_features(extractor, images, prep, view=v),  # type: ignore[misc]
+            )
+        feats = by_view["identity"]
         timings["features_s"] = time.perf_counter() - t0
-        head = build_head(int(feats.shape[1]), num_classes, hidden=cfg.head_hidden)
+        head = build_head(
+            int(feats.shape[1]),
+            num_classes,
+            hidden=cfg.head_hidden,
+            dropout=cfg.head_dropout,
+            l2=cfg.head_l2,
+        )
         head.compile(
             optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
             loss=loss,
             metrics=["accuracy"],
             jit_compile=False,
         )
+        # Every view of a training photo is a training row; validation stays the plain photos.
         history, epoch_times = _fit(
             head,
-            feats[tr],
-            _targets(y[tr], one_hot, num_classes),
+            np.concatenate([by_view[v][tr] for v in cfg.feature_views]),
+            _targets(np.tile(y[tr], len(cfg.feature_views)), one_hot, num_classes),
             (feats[va], _targets(y[va], one_hot, num_classes)),
             cfg,
             "head",
@@ -384,8 +432,8 @@ def run(cfg: TrainConfig) -> TrainResult:
         )
         timings["head_epoch_s"] = epoch_times
         serving = build_transfer_model(backbone, head, mode, img_shape)
-        head_val = _predict(head, feats[va])
-        head_test = _predict(head, feats[te])
+        head_val = _average([_predict(head, by_view[v][va]) for v in cfg.tta])
+        head_test = _average([_predict(head, by_view[v][te]) for v in cfg.tta])
         extra["head_only"] = {
             "val_top1": calibration.top_k_accuracy(head_val, y[va]),
             "test_top1": calibration.top_k_accuracy(head_test, y[te]),
@@ -415,6 +463,7 @@ def run(cfg: TrainConfig) -> TrainResult:
                     prep,
                     cfg.batch_size,
                     shuffle_seed=cfg.seed,
+                    views=cfg.fine_tune_views,
                 ),
                 None,
                 ImageBatches(
@@ -427,8 +476,8 @@ def run(cfg: TrainConfig) -> TrainResult:
             )
             timings["fine_tune_epoch_s"] = ft_times
             history = {**history, **{f"ft_{k}": v for k, v in ft_history.items()}}
-            val_probs = _predict(serving, ImageBatches(images, va, None, prep, 256))
-            test_probs = _predict(serving, ImageBatches(images, te, None, prep, 256))
+            val_probs = _predict_views(serving, images, va, prep, cfg.tta)
+            test_probs = _predict_views(serving, images, te, prep, cfg.tta)
             extra["fine_tune"] = {
                 "trainable_layers": n_trainable,
                 "train_images": len(ft_train),
@@ -440,6 +489,16 @@ def run(cfg: TrainConfig) -> TrainResult:
         raise ValueError(f"unknown model kind {cfg.model!r}")
 
     metrics = _metrics(val_probs, y[va], test_probs, y[te], dataset.class_names, cfg)
+    if cfg.calibration_dir:
+        t0 = time.perf_counter()
+        cal_probs, cal_y, cal_data = _calibration_probs(cfg, dataset, serving, prep)
+        timings["calibration_predict_s"] = time.perf_counter() - t0
+        # Kept beside the run, so another decision rule can be studied without the network.
+        np.savez(run_dir / "calibration_probs.npz", probs=cal_probs, labels=cal_y)
+        np.savez(run_dir / "test_probs.npz", probs=test_probs, labels=y[te])
+        metrics.update(
+            fullframe_metrics(cal_probs, cal_y, test_probs, y[te], dataset, cfg, cal_data)
+        )
     metrics["timings"] = timings
     metrics.update(extra)
     (run_dir / "history.json").write_text(json.dumps(history, indent=1))
@@ -463,6 +522,119 @@ def _predict(model: keras.Model, x: np.ndarray | ImageBatches, batch_size: int =
     if isinstance(x, ImageBatches):
         return np.asarray(model.predict(x, verbose=0), dtype=np.float64)
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+
+
+def _average(probs: list[np.ndarray]) -> np.ndarray:
+    """Test-time augmentation: the mean of the views' probabilities, as serving computes it."""
+    return np.mean(np.stack(probs), axis=0)
+
+
+def _predict_views(
+    model: keras.Model,
+    images: np.ndarray,
+    rows: np.ndarray,
+    prep: PreprocessingConfig,
+    views: tuple[str, ...],
+) -> np.ndarray:
+    out = []
+    for view in views:
+        # training.views' flip of a resized image is serving's flip of the preprocessed batch.
+        pixels = images[:, :, ::-1] if view == "flip" else images
+        out.append(_predict(model, ImageBatches(pixels, rows, None, prep, 256)))
+    return _average(out)
+
+
+def _calibration_probs(
+    cfg: TrainConfig, dataset: Dataset, serving: keras.Model, prep: PreprocessingConfig
+) -> tuple[np.ndarray, np.ndarray, Dataset]:
+    """The served model's probabilities (with the artifact's TTA) on the calibration photos,
+    whose folders must name classes of the training data (by synset)."""
+    cal = discover(cfg.calibration_dir or "", cfg.breeds_tsv)
+    index = {cid: i for i, cid in enumerate(dataset.class_ids)}
+    unknown = sorted(set(cal.class_ids) - set(index))
+    if unknown:
+        raise ValueError(f"calibration classes {unknown} are not classes of the training data")
+    labels = np.array([index[cal.class_ids[int(lab)]] for lab in cal.labels], dtype=np.int64)
+    image_cache = Path(cfg.image_cache_dir) if cfg.image_cache_dir else None
+    images = cached_images(image_cache, cal, prep, cfg.workers)
+    probs = _predict_views(serving, images, np.arange(len(cal)), prep, cfg.tta)
+    return probs, labels, cal
+
+
+def fullframe_metrics(
+    cal_probs: np.ndarray,
+    cal_y: np.ndarray,
+    test_probs: np.ndarray,
+    test_y: np.ndarray,
+    dataset: Dataset,
+    cfg: TrainConfig,
+    cal_data: Dataset,
+) -> dict[str, Any]:
+    """The decision rule fitted on the full-frame calibration photos, its cross-validated
+    outcome there, and what the same rule does on the held-out crops."""
+    missing = sorted(set(cfg.reject_classes) - set(dataset.class_ids))
+    if missing:
+        raise ValueError(f"reject classes {missing} are not classes of the training data")
+    reject = [dataset.class_ids.index(c) for c in cfg.reject_classes]
+    margins = cfg.calibration_margins
+    target = cfg.calibration_target
+    rule = calibration.fit_decision_rule(
+        cal_probs, cal_y, target, reject, margins, cfg.review_min_rows
+    )
+    oof, fold_rules = calibration.cross_validate_rule(
+        cal_probs,
+        cal_y,
+        target,
+        reject,
+        margins,
+        cfg.calibration_folds,
+        cfg.seed,
+        cfg.review_min_rows,
+    )
+    in_sample = calibration.rule_outcome(
+        calibrate(cal_probs, rule.temperature), cal_y, rule.threshold, rule.margin, reject
+    )
+
+    def summary(probs: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+        cal = calibrate(probs, rule.temperature)
+        return {
+            "n": len(y),
+            "top1": calibration.top_k_accuracy(probs, y),
+            "top3": calibration.top_k_accuracy(probs, y, 3),
+            "ece": calibration.expected_calibration_error(probs, y),
+            "ece_calibrated": calibration.expected_calibration_error(cal, y),
+            "best_coverage_at_95": calibration.best_coverage_at(cal, y, 0.95, reject),
+            "best_coverage_at_97": calibration.best_coverage_at(cal, y, 0.97, reject),
+        }
+
+    crops = summary(test_probs, test_y)
+    crops["shipped_rule"] = calibration.rule_outcome(
+        calibrate(test_probs, rule.temperature), test_y, rule.threshold, rule.margin, reject
+    ).as_dict()
+    full = summary(cal_probs, cal_y)
+    full["shipped_rule_cross_validated"] = oof.as_dict()
+    full["shipped_rule_in_sample"] = in_sample.as_dict()
+    full["folds"] = cfg.calibration_folds
+    full["fold_rules"] = [
+        {"temperature": r.temperature, "threshold": r.threshold, "margin": r.margin}
+        for r in fold_rules
+    ]
+    full["classes"] = sorted({dataset.class_names[int(c)] for c in np.unique(cal_y)})
+    return {
+        "decision_rule": {
+            "temperature": rule.temperature,
+            "threshold": rule.threshold,
+            "margin": rule.margin,
+            "target_precision": target,
+            "margins_tried": list(margins),
+            "min_rows": cfg.review_min_rows,
+            "fitted_on": Path(cal_data.root).name,
+            "reject_labels": [dataset.class_names[i] for i in reject],
+            "tta": list(cfg.tta),
+        },
+        "fullframe": full,
+        "crops": crops,
+    }
 
 
 def _metrics(
@@ -514,14 +686,114 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 
+# Config fields that hold local paths: the artifact keeps only their last component.
+_PATH_FIELDS = (
+    "data_dir",
+    "output",
+    "run_dir",
+    "breeds_tsv",
+    "weights",
+    "feature_cache_dir",
+    "image_cache_dir",
+    "calibration_dir",
+)
+
+
+def portable_config(cfg: TrainConfig) -> dict[str, Any]:
+    """The run's config without local absolute paths (an artifact travels; paths do not)."""
+    out = config_dict(cfg)
+    for key in _PATH_FIELDS:
+        value = out.get(key)
+        if value and value not in ("imagenet", "none"):
+            out[key] = Path(str(value)).name
+    return out
+
+
+def quality_note(kind: str, m: dict[str, Any]) -> str:
+    """What the labels are worth, in plain words, with the full-frame numbers first."""
+    if "fullframe" not in m:
+        return (
+            f"{kind} held-out top-1 {m['top1']:.2f}, top-3 {m['top3']:.2f} on crops "
+            "like its training photos; not measured on full-frame photos"
+        )
+    full, crops = m["fullframe"], m["crops"]
+    cv = full["shipped_rule_cross_validated"]
+    low, high = cv["precision_interval_95"]
+    crop_rule = crops["shipped_rule"]
+    cl, ch = crop_rule["precision_interval_95"]
+    precision = "n/a" if cv["precision"] is None else f"{cv['precision']:.1%}"
+    crop_precision = "n/a" if crop_rule["precision"] is None else f"{crop_rule['precision']:.1%}"
+    return (
+        f"On full-frame photos ({full['n']} photos of {len(full['classes'])} breeds, never "
+        f"trained on, {full['folds']}-fold cross-validated) the best guess is right "
+        f"{full['top1']:.0%} of the time (top-3 {full['top3']:.0%}); it labels "
+        f"{cv['coverage']:.0%} of photos on its own, {precision} of them correctly "
+        f"(95% interval {low:.1%}-{high:.1%}), and sends the rest to review. On held-out "
+        f"Stanford Dogs crops (optimistic: ImageNet photos the backbone has seen) top-1 is "
+        f"{crops['top1']:.0%}, {crop_rule['coverage']:.0%} auto-labelled at {crop_precision} "
+        f"({cl:.1%}-{ch:.1%})."
+    )
+
+
+def data_checksum(dataset: Dataset) -> str:
+    """sha256 over every file's relative path and content: names the exact photos used."""
+    digest = hashlib.sha256()
+    for i in range(len(dataset)):
+        digest.update(dataset.relative(i).encode() + b"\0")
+        digest.update(hashlib.sha256(dataset.paths[i].read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def provenance(result: TrainResult, fingerprint: str) -> dict[str, Any]:
+    cfg = result.config
+    data: dict[str, Any] = {
+        "name": Path(cfg.data_dir).name,
+        "split_fingerprint": fingerprint,
+        "sha256": data_checksum(result.dataset),
+        "n_images": len(result.dataset),
+        "class_ids": list(result.dataset.class_ids),
+        "split": {
+            "val_fraction": cfg.val_fraction,
+            "test_fraction": cfg.test_fraction,
+            "seed": cfg.seed,
+        },
+    }
+    if cfg.calibration_dir:
+        cal = discover(cfg.calibration_dir, cfg.breeds_tsv)
+        data["calibration"] = {
+            "name": Path(cfg.calibration_dir).name,
+            "sha256": data_checksum(cal),
+            "n_images": len(cal),
+            "use": "temperature, threshold and margin only (cross-validated); never trained on",
+        }
+    return data
+
+
 def write_artifact(result: TrainResult, fingerprint: str, kind: str) -> Path:
     cfg = result.config
     m = result.metrics
     out = Path(cfg.output or "")
-    note = (
-        f"{kind} trained on {len(result.class_names)} classes: held-out top-1 {m['top1']:.2f}, "
-        f"top-3 {m['top3']:.2f}"
-    )
+    rule = m.get("decision_rule")
+    if rule is not None:
+        temperature = rule["temperature"]
+        decision = {
+            "review_threshold": rule["threshold"],
+            "review_margin": rule["margin"],
+            "target_precision": rule["target_precision"],
+            "fitted_on": rule["fitted_on"],
+        }
+        reject = list(rule["reject_labels"])
+    else:
+        temperature = m["temperature"]
+        decision = {"review_threshold": m["review"]["threshold"], "review_margin": 0.0}
+        reject = []
+    backbone = m.get("backbone")
+    if backbone and cfg.weights and Path(cfg.weights).is_file():
+        backbone = {
+            **backbone,
+            "weights_file": Path(cfg.weights).name,
+            "weights_sha256": hashlib.sha256(Path(cfg.weights).read_bytes()).hexdigest(),
+        }
     save_artifact(
         out,
         result.model,
@@ -529,19 +801,17 @@ def write_artifact(result: TrainResult, fingerprint: str, kind: str) -> Path:
         result.preprocessing,
         name=cfg.name,
         kind=kind,
-        temperature=m["temperature"],
-        decision={"review_threshold": m["review"]["threshold"], "review_margin": 0.0},
-        quality_note=note,
+        temperature=temperature,
+        reject_labels=reject,
+        decision=decision,
+        quality_note=quality_note(kind, m),
+        tta=cfg.tta,
         extra={
-            "metrics": {k: v for k, v in m.items() if k not in ("backbone",)},
-            "backbone": m.get("backbone"),
-            "training": config_dict(cfg),
-            "data": {
-                "root": str(cfg.data_dir),
-                "split_fingerprint": fingerprint,
-                "n_images": len(result.dataset),
-                "class_ids": list(result.dataset.class_ids),
-            },
+            "metrics": {k: v for k, v in m.items() if k not in ("backbone", "decision_rule")},
+            "calibration_details": rule,
+            "backbone": backbone,
+            "training": portable_config(cfg),
+            "data": provenance(result, fingerprint),
         },
     )
     log.info("artifact written to %s", out)

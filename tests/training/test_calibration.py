@@ -100,3 +100,73 @@ def test_review_threshold_needs_enough_rows_above_it() -> None:
     assert choose_review_threshold(probs, labels, 0.95, min_auto_rows=1).threshold == 0.99
     r = choose_review_threshold(probs, labels, 0.95)  # default: at least 30 rows
     assert r.threshold == 1.0 and r.review_share == 1.0
+
+
+def test_wilson_interval_known_values() -> None:
+    from training.calibration import wilson_interval
+
+    low, high = wilson_interval(95, 100)
+    assert abs(low - 0.8882) < 1e-3 and abs(high - 0.9785) < 1e-3
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    low, high = wilson_interval(10, 10)
+    assert abs(high - 1.0) < 1e-9 and 0.72 < low < 0.73
+
+
+def test_rule_outcome_mirrors_the_decision_rule() -> None:
+    from training.calibration import auto_mask, rule_outcome
+
+    probs = np.array(
+        [
+            [0.90, 0.05, 0.05],  # confident, right
+            [0.55, 0.40, 0.05],  # confident enough, margin 0.15
+            [0.30, 0.30, 0.40],  # under the threshold
+            [0.05, 0.05, 0.90],  # reject label
+            [np.nan, 0.0, 0.0],  # non-finite: never auto
+        ]
+    )
+    labels = np.array([0, 1, 2, 2, 0])
+    assert auto_mask(probs, 0.5).tolist() == [True, True, False, True, False]
+    assert auto_mask(probs, 0.5, margin=0.2).tolist() == [True, False, False, True, False]
+    out = rule_outcome(probs, labels, 0.5, 0.0, reject=[2])
+    assert (out.n, out.auto, out.correct) == (5, 2, 1)
+    assert out.coverage == 0.4 and out.precision == 0.5
+    d = out.as_dict()
+    assert d["auto_labelled"] == 2 and d["precision_interval_95"][0] < 0.5
+
+
+def test_best_coverage_and_fitted_rule() -> None:
+    from training.calibration import best_coverage_at, fit_decision_rule
+
+    rng = np.random.default_rng(0)
+    n = 400
+    labels = rng.integers(0, 4, n)
+    conf = rng.uniform(0.3, 1.0, n)
+    right = rng.uniform(size=n) < conf  # confidence means what it says
+    pred = np.where(right, labels, (labels + 1) % 4)
+    probs = np.full((n, 4), 0.0)
+    probs[np.arange(n), pred] = conf
+    probs[np.arange(n), (pred + 2) % 4] = 1 - conf
+    cov = best_coverage_at(probs, labels, 0.95, min_rows=10)
+    assert 0.0 < cov < 1.0
+    rule = fit_decision_rule(probs, labels, 0.95, margins=(0.0, 0.5), min_rows=10)
+    cal = calibrate(probs, rule.temperature)
+    from training.calibration import rule_outcome
+
+    out = rule_outcome(cal, labels, rule.threshold, rule.margin)
+    assert out.auto >= 10 and out.precision >= 0.95
+    # Nothing reaches an impossible target: everything goes to review.
+    assert fit_decision_rule(probs, labels, 1.01, min_rows=10).threshold == 1.0
+
+
+def test_cross_validated_rule_is_judged_out_of_fold() -> None:
+    from training.calibration import cross_validate_rule
+
+    rng = np.random.default_rng(1)
+    n = 300
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), labels] += 2.5
+    probs = _softmax(logits)
+    out, rules = cross_validate_rule(probs, labels, 0.9, folds=3, min_rows=5)
+    assert out.n == n and len(rules) == 3
+    assert 0 < out.auto <= n and out.correct <= out.auto

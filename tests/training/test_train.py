@@ -232,3 +232,62 @@ def test_cli_train_and_sweep(tiny_data: Path, tmp_path: Path) -> None:
     meta = json.loads((art / "metadata.json").read_text())
     assert meta["preprocessing"]["grayscale"] is True
     assert meta["training"]["augment"] is False
+
+
+@pytest.mark.slow
+def test_views_tta_and_full_frame_calibration(tiny_data: Path, tmp_path: Path) -> None:
+    """Head on several cached views, flip TTA, a decision rule fitted on other photos."""
+    from tests.training.conftest import write_dataset
+
+    frames = write_dataset(tmp_path / "frames" / "data", per_class=12, size=48, seed=5)
+    cfg = _config(
+        tiny_data,
+        tmp_path,
+        model="transfer",
+        backbone="mobilenetv2",
+        weights=None,
+        epochs=3,
+        resize_mode="center_crop",
+        feature_views=("identity", "flip", "zoomout"),
+        tta=("identity", "flip"),
+        calibration_dir=str(frames),
+        calibration_folds=3,
+        calibration_margins=(0.0, 0.1),
+        review_min_rows=3,
+        reject_classes=("n00000003",),
+        breeds_tsv=str(tiny_data.parent / "breeds.tsv"),
+    )
+    result = run(cfg)
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 3  # one per view
+    art = load_artifact(result.artifact_path)
+    assert art.tta == ("identity", "flip")
+    assert art.reject_labels == frozenset({"blue"})
+    assert art.preprocessing.resize_mode == "center_crop"
+    meta = art.metadata
+    rule = meta["calibration_details"]
+    assert art.temperature == pytest.approx(rule["temperature"])
+    assert art.decision.review_threshold == pytest.approx(rule["threshold"])
+    assert art.decision.review_margin == pytest.approx(rule["margin"])
+    full = meta["metrics"]["fullframe"]
+    assert full["n"] == 36 and full["folds"] == 3
+    assert full["shipped_rule_cross_validated"]["n"] == 36
+    assert "shipped_rule" in meta["metrics"]["crops"]
+    assert "full-frame" in art.quality_note
+    # Provenance by name and checksum, never by a local path.
+    text = (result.artifact_path / "metadata.json").read_text()
+    assert str(tmp_path) not in text
+    assert meta["data"]["name"] == "data" and len(meta["data"]["sha256"]) == 64
+    assert meta["data"]["calibration"]["n_images"] == 36
+    clf = _assert_round_trip(result, tmp_path)
+    # Serving applies the TTA: the classifier averages the photo and its mirror image.
+    photos = [read_rgb(p) for p in result.dataset.paths[:4]]
+    batch = preprocess_batch(photos, result.preprocessing)
+    raw = (
+        np.asarray(result.model.predict_on_batch(batch))
+        + np.asarray(result.model.predict_on_batch(batch[:, :, ::-1]))
+    ) / 2
+    from labeler.classifier import calibrate
+
+    np.testing.assert_allclose(
+        clf.predict_probabilities(batch), calibrate(raw, art.temperature), rtol=1e-4, atol=1e-5
+    )

@@ -1,0 +1,41 @@
+"""Text from the outside world (HTTP reason phrases, file names, exception messages) made
+storable in any of the supported databases.
+
+PostgreSQL rejects a NUL byte in text and the whole transaction with it; MariaDB in strict
+mode rejects strings its column cannot hold; lone surrogates (undecodable file names) are not
+valid UTF-8 anywhere. Every reason labeler stores goes through :func:`storable_text`.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 and C1 control characters, DEL, and the Unicode line/paragraph separators: they either
+# break storage (NUL) or make a one-line reason render as several lines in staff tools.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# Lone surrogates (undecodable file names) are not valid UTF-8; non-characters are refused by
+# some drivers.
+_UNSTORABLE = re.compile("[\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
+_ELLIPSIS = "..."
+
+
+def storable_text(text: object, limit: int = 1000) -> str:
+    """``text`` as one line of valid UTF-8 without control characters, at most ``limit`` chars.
+
+    Bytes are decoded as UTF-8 (invalid sequences become U+FFFD); runs of control characters
+    become one space; lone surrogates and non-characters become U+FFFD; a text over the limit
+    is cut and ends in ``...``.
+    """
+    if limit < len(_ELLIPSIS) + 1:
+        raise ValueError(f"limit must be at least {len(_ELLIPSIS) + 1}, got {limit}")
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        text = bytes(text).decode("utf-8", "replace")
+    elif not isinstance(text, str):
+        text = str(text)
+    # Bound the work before any per-character pass: the caller never keeps more than this.
+    text = text[: limit * 2 + 16]
+    text = _UNSTORABLE.sub("\ufffd", text)
+    text = _CONTROL.sub(" ", text).strip()
+    if len(text) > limit:
+        text = text[: limit - len(_ELLIPSIS)].rstrip() + _ELLIPSIS
+    return text

@@ -1,0 +1,117 @@
+"""The committed default model, as an installed package finds and runs it.
+
+The wheel is built from this checkout and unpacked into a temporary folder; a fresh Python
+process imports labeler from there, with its working directory elsewhere, so neither the
+checkout's ``models/`` nor the current directory can stand in for the packaged model.
+Inference is deterministic, so the share checks below are a stable property of the shipped
+model, not a matter of luck or speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from labeler.artifact import DEFAULT_MODEL_NAME, default_model_dir, load_artifact
+from labeler.settings import Settings
+from tests.helpers import FULLFRAME, REPO
+
+# Runs inside the installed copy: classify the 200 full-frame sample photos with the default
+# model through labeler's own decoding, classifier and decision rule.
+_PROBE = """
+import json, sys
+from pathlib import Path
+import labeler
+from labeler.artifact import default_model_dir
+from labeler.classifier import Classifier
+from labeler.decision import decide, resolve_thresholds
+from labeler.decoding import decode_image
+from labeler.schema import LABELLED
+
+photos = Path(sys.argv[1])
+model_dir = default_model_dir()
+clf = Classifier.load(model_dir)
+rule = resolve_thresholds(clf.artifact, None, None)
+rows = []
+paths = sorted(p for p in photos.glob("*/*") if p.is_file())
+for i in range(0, len(paths), 25):
+    chunk = paths[i : i + 25]
+    preds = clf.classify_images([decode_image(p.read_bytes()) for p in chunk])
+    for p, pred in zip(chunk, preds):
+        truth = p.parent.name.partition("-")[2]
+        auto = decide(pred, rule).status == LABELLED
+        rows.append({"auto": auto, "right": pred.label == truth})
+print(json.dumps({"package": labeler.__file__, "model_dir": str(model_dir), "rows": rows}))
+"""
+
+
+def test_settings_default_to_the_packaged_model() -> None:
+    assert Settings.model_fields["model_dir"].default_factory is default_model_dir
+    path = default_model_dir()
+    assert path.name == DEFAULT_MODEL_NAME
+    art = load_artifact(path)
+    assert art.kind == "transfer" and len(art.labels) == 120
+    # Provenance by name and checksum only: an artifact travels, local paths do not.
+    text = (path / "metadata.json").read_text()
+    assert "/work/" not in text and "/home/" not in text
+    meta = art.metadata
+    assert len(meta["backbone"]["weights_sha256"]) == 64
+    assert len(meta["data"]["sha256"]) == 64
+    assert {"dingo", "dhole", "African_hunting_dog"} <= art.reject_labels
+    assert "full-frame" in art.quality_note
+
+
+@pytest.mark.slow
+def test_installed_package_labels_full_frames_with_its_default_model(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = wheels.glob("labeler-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    assert (site / "labeler" / "_models" / DEFAULT_MODEL_NAME / "model.keras").is_file()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {k: v for k, v in env.items() if not k.startswith("LABELER_")}
+    probe = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(FULLFRAME)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert Path(result["package"]).is_relative_to(site)
+    assert Path(result["model_dir"]) == site / "labeler" / "_models" / DEFAULT_MODEL_NAME
+    rows = result["rows"]
+    assert len(rows) == 200
+    auto = [r for r in rows if r["auto"]]
+    assert auto, "the default model auto-labelled none of the full-frame sample"
+    right = sum(r["right"] for r in auto)
+    assert right / len(auto) >= 0.90, f"{right} of {len(auto)} auto-labels match the folder"

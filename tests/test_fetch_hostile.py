@@ -1,0 +1,251 @@
+"""labeler.fetching against servers that misbehave before the body (one runs on 127.0.0.1 in
+the test), and labeler.textsafe for the text they send back."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from labeler.decoding import Cancelled, ImageError
+from labeler.fetching import LoaderConfig, load_bytes, load_image
+from labeler.textsafe import storable_text
+
+URL_TIMEOUT = 0.5  # each network wait; the whole fetch gets twice this
+PAUSE = URL_TIMEOUT / 3  # under the per-wait timeout, so only the total deadline can cut
+LIMIT = URL_TIMEOUT * 4  # generous bound on how long a refused fetch may take here
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (6, 4), (255, 0, 0)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+class _Server(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.stopping = threading.Event()
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    """Speaks just enough HTTP to misbehave: reads the request head, then acts on the path."""
+
+    server: _Server
+
+    def _trickle(self, data: bytes) -> bool:
+        for i in range(len(data)):
+            if self.server.stopping.wait(PAUSE):
+                return False
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+        return True
+
+    def handle(self) -> None:
+        with suppress(OSError):
+            request_line = self.rfile.readline(8192).decode("latin-1")
+            while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                pass
+            path = request_line.split(" ")[1] if " " in request_line else "/"
+            self._route(path)
+
+    def _route(self, path: str) -> None:
+        stopping = self.server.stopping
+        if path == "/ok":
+            body = png()
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        elif path == "/trickle-status":
+            while self._trickle(b"HTTP/1.1 200 OK\r\n"):
+                pass
+        elif path == "/trickle-headers":
+            self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+            while self._trickle(b"X-Slow: yes\r\n"):
+                pass
+        elif path == "/continue-forever":
+            while not stopping.wait(PAUSE):
+                self.wfile.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self.wfile.flush()
+        elif path == "/silent":
+            stopping.wait(30)
+        elif path == "/nul-reason":
+            self.wfile.write(b"HTTP/1.1 404 Not\x00Found\x7f\r\nContent-Length: 0\r\n\r\n")
+        elif path == "/long-reason":
+            reason = b"Gone " + b"\xe2\x80\x94" * 5000  # long, and not ASCII
+            self.wfile.write(b"HTTP/1.1 410 " + reason + b"\r\nContent-Length: 0\r\n\r\n")
+
+
+@contextmanager
+def serving() -> Iterator[_Server]:
+    server = _Server()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
+    for key in list(os.environ):
+        if key.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            monkeypatch.delenv(key)
+    with serving() as running:
+        yield running
+
+
+def config(timeout: float = URL_TIMEOUT) -> LoaderConfig:
+    return LoaderConfig(allowed_hosts=frozenset({"127.0.0.1"}), url_timeout=timeout)
+
+
+def timed_error(fn: Callable[[], Any]) -> tuple[str, float]:
+    t0 = time.monotonic()
+    with pytest.raises(ImageError) as info:
+        fn()
+    return str(info.value), time.monotonic() - t0
+
+
+def test_a_well_behaved_server_still_works(server: _Server) -> None:
+    out, kind = load_image(f"http://127.0.0.1:{server.port}/ok", config())
+    assert kind == "url" and out.shape == (4, 6, 3)
+    assert (out == (255, 0, 0)).all()
+
+
+@pytest.mark.parametrize("path", ["/trickle-status", "/trickle-headers", "/continue-forever"])
+def test_deadline_covers_status_line_and_headers(server: _Server, path: str) -> None:
+    url = f"http://127.0.0.1:{server.port}{path}"
+    message, took = timed_error(lambda: load_bytes(url, config()))
+    assert message == f"photo URL did not finish downloading within {2 * URL_TIMEOUT:g} s"
+    assert took < LIMIT
+
+
+def test_silent_server_times_out_per_wait(server: _Server) -> None:
+    message, took = timed_error(
+        lambda: load_bytes(f"http://127.0.0.1:{server.port}/silent", config())
+    )
+    assert message == f"photo URL timed out (no answer within {URL_TIMEOUT:g} s)"
+    assert took < LIMIT
+
+
+def test_stop_request_ends_a_fetch_long_before_its_deadline(server: _Server) -> None:
+    stop = threading.Event()
+    timer = threading.Timer(0.2, stop.set)
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            load_bytes(
+                f"http://127.0.0.1:{server.port}/continue-forever",
+                config(timeout=30),
+                cancel=stop.is_set,
+            )
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 5  # the deadline alone would be 60 s
+
+
+def test_reason_phrase_with_nul_and_control_bytes_is_storable(server: _Server) -> None:
+    message, _ = timed_error(
+        lambda: load_bytes(f"http://127.0.0.1:{server.port}/nul-reason", config())
+    )
+    assert message == "photo URL answered HTTP 404 Not Found"
+
+
+def test_long_reason_phrase_is_capped(server: _Server) -> None:
+    message, _ = timed_error(
+        lambda: load_bytes(f"http://127.0.0.1:{server.port}/long-reason", config())
+    )
+    assert message.startswith("photo URL answered HTTP 410 Gone")
+    assert len(message) <= 1000 and message.endswith("...")
+    message.encode("utf-8")  # valid UTF-8: no lone surrogates
+
+
+def test_server_that_never_accepts_is_cut() -> None:
+    # A listening socket that never accepts: the connection completes in the kernel's
+    # backlog and the request is sent, but no answer ever comes.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        message, took = timed_error(lambda: load_bytes(f"http://127.0.0.1:{port}/", config()))
+    assert "photo URL" in message and ("timed out" in message or "did not finish" in message)
+    assert took < LIMIT
+
+
+# --- storable text ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("plain reason", "plain reason"),
+        ("Not\x00Found", "Not Found"),
+        ("a\r\nb\tc", "a b c"),
+        ("bell\x07\x1b[31mred", "bell [31mred"),
+        ("c1\x85\x9bcontrol", "c1 control"),
+        ("line\u2028sep", "line sep"),
+        ("lone \udc80 surrogate", "lone \ufffd surrogate"),
+        ("non\ufffecharacter\ufdd0", "non\ufffdcharacter\ufffd"),
+        ("  padded\x00 ", "padded"),
+        (b"bytes \xff\xfe here", "bytes \ufffd\ufffd here"),
+        (b"nul\x00byte", "nul byte"),
+        (404, "404"),
+        ("éèà 日本 🐕", "éèà 日本 🐕"),
+    ],
+)
+def test_storable_text(text: object, expected: str) -> None:
+    assert storable_text(text, 100) == expected
+
+
+def test_storable_text_caps_the_length() -> None:
+    out = storable_text("x" * 5000, 50)
+    assert len(out) == 50 and out.endswith("...")
+    assert storable_text("y" * 50, 50) == "y" * 50
+
+
+def test_storable_text_is_bounded_on_huge_input() -> None:
+    out = storable_text("\x00" * 10_000_000 + "tail", 20)
+    assert out == ""  # only control characters within what is kept
+
+
+def test_storable_text_needs_room_for_the_ellipsis() -> None:
+    with pytest.raises(ValueError, match="limit must be at least 4"):
+        storable_text("abc", 3)
+
+
+def test_image_errors_are_always_storable() -> None:
+    assert str(ImageError("photo file 'a\x00b\nc' is odd")) == "photo file 'a b c' is odd"
+    assert len(str(ImageError("z" * 5000))) == 1000
+
+
+def test_hostile_reasons_are_storable_end_to_end(tmp_path: Path) -> None:
+    # A file name with control characters and an undecodable byte, as the reason shows it.
+    name = "dir\x1b/rex\x7f\udcff.png"
+    with pytest.raises(ImageError) as info:
+        load_bytes(name, LoaderConfig(photo_root=tmp_path))
+    message = str(info.value)
+    assert message.startswith("photo file ") and "does not exist" in message
+    assert message.isprintable()
+    message.encode("utf-8")

@@ -1,0 +1,152 @@
+"""Combining an animal's photos, and the small pure pieces of the shelter fit."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from sqlalchemy import insert, text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from labeler import migrate
+from labeler.classifier import Prediction
+from labeler.db import is_transient, make_engine
+from labeler.decision import Thresholds
+from labeler.grouping import combine, decide_group, disagreements, parse_scores, scores_json
+from labeler.repository import storable
+from labeler.schema import GONE, LABELLED, NEEDS_REVIEW, photo
+from labeler.settings import Settings, load_settings
+
+
+def scores(pid: str, *pairs: tuple[str, float]) -> object:
+    parsed = parse_scores(pid, scores_json(Prediction(tuple(pairs))))
+    assert parsed is not None
+    return parsed
+
+
+def test_one_photo_keeps_its_own_probabilities() -> None:
+    one = scores("1", ("beagle", 0.7), ("basset", 0.2), ("pug", 0.05))
+    combined = combine([one])  # type: ignore[list-item]
+    assert combined.label == "beagle"
+    assert combined.confidence == pytest.approx(0.7, abs=1e-4)
+    assert combined.candidates[1] == ("basset", pytest.approx(0.2, abs=1e-4))
+
+
+def test_agreeing_photos_strengthen_and_a_dissenter_is_named() -> None:
+    a = scores("1", ("beagle", 0.6), ("basset", 0.3))
+    b = scores("2", ("beagle", 0.7), ("basset", 0.2))
+    c = scores("3", ("pug", 0.95), ("beagle", 0.01))
+    assert combine([a, b]).confidence > 0.6  # type: ignore[list-item]
+    assert disagreements([a, b], "beagle", 0.5) == []  # type: ignore[list-item]
+    found = disagreements([a, b, c], "beagle", 0.5)  # type: ignore[list-item]
+    assert len(found) == 1 and "photo 3 says pug" in found[0]
+    decision = decide_group([a, b, c], Thresholds(0.1), 0.5)  # type: ignore[list-item]
+    assert decision.status == NEEDS_REVIEW and "disagree" in (decision.reason or "")
+    assert decide_group([a, b, c], Thresholds(0.1), 1.0).status in (LABELLED, NEEDS_REVIEW)  # type: ignore[list-item]
+
+
+def test_not_breeds_and_unmapped_labels_go_to_review() -> None:
+    dingo = scores("1", ("dingo", 0.99))
+    assert "not a dog breed" in (decide_group([dingo], Thresholds(0.1), 0.5).reason or "")  # type: ignore[list-item]
+    beagle = scores("1", ("beagle", 0.99))
+    unmapped = decide_group([beagle], Thresholds(0.1), 0.5, lambda label: None)  # type: ignore[list-item]
+    assert unmapped.status == NEEDS_REVIEW and "breed map" in (unmapped.reason or "")
+    mapped = decide_group([beagle], Thresholds(0.1), 0.5, lambda label: {"BreedID": "19"})  # type: ignore[list-item]
+    assert mapped.status == LABELLED and mapped.values == {"BreedID": "19"}
+
+
+def test_unreadable_scores_are_skipped() -> None:
+    assert parse_scores("1", None) is None
+    assert parse_scores("1", "{not json") is None
+    assert parse_scores("1", '{"top": [["a", NaN]], "rest": 0}') is None
+    rest = parse_scores("1", scores_json(Prediction((("a", 1.0),))))
+    assert rest is not None and math.isfinite(rest.rest)
+
+
+def test_storable_text() -> None:
+    assert storable("bad\x00reason\x1b[31m", 100) == "bad reason [31m"
+    assert storable("x" * 50, 10) == "x" * 10
+    assert storable("line\nnext\ttab", 100) == "line\nnext\ttab"
+
+
+def test_undecided_setting_is_parsed_and_checked() -> None:
+    s = Settings(
+        target_table="animal",
+        target_key_column="ID",
+        breed_map="map.csv",
+        source_group_column="animal_id",
+        target_undecided="BreedID=442, BreedName=Mixed Breed",
+    )
+    assert s.target_undecided == {"BreedID": "442", "BreedName": "Mixed Breed"}
+    for bad, words in (
+        ({"target_table": "animal"}, "LABELER_TARGET_KEY_COLUMN"),
+        ({"target_undecided": "BreedID"}, "Column=value"),
+        ({"context_columns": "name;drop"}, "not a plain SQL identifier"),
+        ({"target_table": "animal\n"}, "not a plain SQL identifier"),
+    ):
+        with pytest.raises(Exception, match=words):
+            load_settings(**bad)
+
+
+def test_gone_is_a_status_and_nonsense_is_not(db_url: str) -> None:
+    engine = make_engine(Settings(database_url=db_url))
+    migrate.upgrade(engine)
+    row = {
+        "photo_id": "1",
+        "discovered_at": text("CURRENT_TIMESTAMP"),
+        "updated_at": text("CURRENT_TIMESTAMP"),
+    }
+    with engine.begin() as conn:
+        conn.execute(insert(photo).values(**row, status=GONE))
+    # MariaDB reports a failed CHECK as an "operational" error (4025): still not an outage.
+    with pytest.raises((IntegrityError, OperationalError)) as failed, engine.begin() as conn:
+        conn.execute(insert(photo).values(**{**row, "photo_id": "2"}, status="bogus"))
+    assert not is_transient(failed.value)
+    engine.dispose()
+
+
+def test_text_from_outside_is_stored_on_every_server(db_url: str) -> None:
+    """Issue 10: a NUL in an error (say, an HTTP reason phrase) must not sink the batch."""
+    from datetime import datetime, timedelta
+
+    from labeler import repository as repo
+    from labeler.db import session_factory
+    from labeler.source import reflect_source
+    from tests.helpers import create_photos, png_bytes
+
+    settings = Settings(database_url=db_url, source_table="animals", source_image_column="photo")
+    engine = make_engine(settings)
+    create_photos(engine, "bytes", [{"id": i, "photo": png_bytes((i, i, i))} for i in (1, 2)])
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        source = reflect_source(conn, settings)
+    now = datetime(2026, 1, 1)
+    with session_factory(engine).begin() as session:
+        run_id = repo.start_run(session, command="t", worker="w", model_version="m", now=now)
+        repo.discover(session, source, now)
+        ids = repo.claim(
+            session,
+            "tok",
+            now=now,
+            ttl=timedelta(minutes=5),
+            limit=5,
+            max_attempts=3,
+            run_id=run_id,
+        )
+        counts = repo.save_outcomes(
+            session,
+            source,
+            "tok",
+            run_id,
+            "m",
+            [
+                repo.Outcome(ids[0], "failed", error="502 Bad\x00Gateway\x1b" + "x" * 5000),
+                repo.Outcome(ids[1], "failed", error="fine", photo_ref="a\x00b"),
+            ],
+            now,
+        )
+    assert counts.failed == 2
+    with engine.connect() as conn:
+        errors = dict(conn.execute(text("SELECT photo_id, last_error FROM labeler_photo")).all())
+    assert errors[ids[0]].startswith("502 Bad Gateway ") and len(errors[ids[0]]) == 1000
+    engine.dispose()
