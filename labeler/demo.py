@@ -225,6 +225,20 @@ def _what_labeler_did(animal: dict[str, Any], group: dict[str, Any] | None) -> s
 
 def _worth(metrics: dict[str, Any]) -> str:
     """What the model's labels are worth, in the words a volunteer would use."""
+    full = metrics.get("fullframe") or {}
+    rule = full.get("shipped_rule_cross_validated") or full.get("shipped_rule") or {}
+    if "top1" in full and "coverage" in rule:
+        # Full frames are what a shelter stores: the honest measure (crops flatter the model).
+        text = (
+            f"on full-frame photos never trained on, first guess right on {full['top1']:.0%}, "
+            f"right breed among its top 3 on {full.get('top3', 0):.0%}; it labels "
+            f"{rule['coverage']:.0%} of photos on its own"
+        )
+        if rule.get("precision") is not None:
+            low, high = rule.get("precision_interval_95") or (None, None)
+            interval = f" (95% interval {low:.1%}-{high:.1%})" if low is not None else ""
+            text += f", {rule['precision']:.1%} of them right{interval}"
+        return text + ", and sends the rest to review"
     if "top1" not in metrics:
         return "no held-out measurements: treat every breed it gives as a guess"
     text = (

@@ -96,6 +96,20 @@ def _id_text(session: Session, value: Any) -> ColumnElement[Any]:
     return cast(value, SAString())
 
 
+def _same_key(session: Session, column: Any, value: Any, text: str) -> list[ColumnElement[bool]]:
+    """The source (or target) row whose key is exactly labeler's id ``text``: the plain
+    comparison (its index), and for a text key on MariaDB the exact one too, as a
+    case-insensitive column would also match 'Rex-1' for 'rex-1'."""
+    conditions: list[ColumnElement[bool]] = [column == value]
+    try:
+        is_text = column.type.python_type is str
+    except NotImplementedError:
+        is_text = False
+    if is_text and session.get_bind().dialect.name in ("mysql", "mariadb"):
+        conditions.append(_id_text(session, column) == text)
+    return conditions
+
+
 def _char_length(session: Session, text: ColumnElement[Any]) -> ColumnElement[int]:
     if session.get_bind().dialect.name == "sqlite":
         return func.length(text)  # characters for text; SQLite has no char_length
@@ -141,13 +155,18 @@ def refused_ids(session: Session, source: Source) -> RefusedIds:
     if source.group is not None:
         base.append(source.group.is_not(None))
     too_long = _char_length(session, _id_text(session, source.id)) > ID_LENGTH
-    long_ids = int(session.scalar(select(func.count()).where(*base, too_long)) or 0)
-    long_groups = 0
+    group_long: ColumnElement[bool] = literal(False)
     if source.group is not None:
         group_long = _char_length(session, _id_text(session, source.group)) > ID_LENGTH
-        query = select(func.count()).where(*base, ~too_long, group_long)
-        long_groups = int(session.scalar(query) or 0)
-    return RefusedIds(long_ids, long_groups)
+    fits = and_(~too_long, ~group_long)
+    # One scan: rows that fit are counted out cheaply, the rest split by what is too long.
+    long_ids, long_groups = session.execute(
+        select(
+            func.sum(case((too_long, 1), else_=0)),
+            func.sum(case((and_(~too_long, group_long), 1), else_=0)),
+        ).where(*base, ~fits)
+    ).one()
+    return RefusedIds(int(long_ids or 0), int(long_groups or 0))
 
 
 def discover(session: Session, source: Source, now: datetime) -> int:
@@ -577,11 +596,8 @@ def _write_back(
     untouched: ColumnElement[bool] = breed_col.is_(None)
     if previous_breed is not None:
         untouched = or_(untouched, breed_col == previous_breed)
-    session.execute(
-        update(source.table)
-        .where(source.id == source.id_value(outcome.photo_id), untouched)
-        .values(**values)
-    )
+    same_row = _same_key(session, source.id, source.id_value(outcome.photo_id), outcome.photo_id)
+    session.execute(update(source.table).where(*same_row, untouched).values(**values))
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -1170,7 +1186,8 @@ def write_target(
         allowed.append(and_(*[table.c[c] == v for c, v in target.typed(last_written).items()]))
     result = session.execute(
         update(table)
-        .where(target.key == target.key_value(group_id), or_(*allowed))
+        .where(*_same_key(session, target.key, target.key_value(group_id), group_id))
+        .where(or_(*allowed))
         .values(**target.typed(values)),
         execution_options={"preserve_rowcount": True},
     )
@@ -1284,7 +1301,7 @@ def try_write_target(
     """The write-back statement on one record, for `labeler check` (which rolls it back)."""
     result = session.execute(
         update(target.table)
-        .where(target.key == target.key_value(group_id))
+        .where(*_same_key(session, target.key, target.key_value(group_id), group_id))
         .values(**target.typed(values)),
         execution_options={"preserve_rowcount": True},
     )

@@ -94,7 +94,9 @@ def test_demo_with_the_default_model_and_sample_photos(
     default = REPO / Settings.model_fields["model_dir"].get_default(call_default_factory=True)
     version = json.loads((default / "metadata.json").read_text())["version"]
     assert f"version {version}" in out
-    assert "worth:    first guess right on" in out
+    # What the labels are worth is said with the full-frame numbers of the shipped rule.
+    assert "worth:    on full-frame photos never trained on, first guess right on" in out
+    assert "of photos on its own" in out and "of them right (95% interval" in out
     # The default (trained) model is sure of some dogs: their breed lands on the record.
     written = [g for g in state["groups"].values() if g.status == LABELLED and g.written_values]
     assert written, "the default model labels some sample dogs on its own"
