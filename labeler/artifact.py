@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +199,7 @@ def save_artifact(
     root.mkdir(parents=True, exist_ok=True)
     model.save(root / MODEL_FILE)
     (root / LABELS_FILE).write_text(json.dumps(list(labels), indent=1) + "\n")
-    prep: dict[str, Any] = {
-        "image_size": list(preprocessing.image_size),
-        "resize_mode": preprocessing.resize_mode,
-        "grayscale": preprocessing.grayscale,
-        "equalize": preprocessing.equalize,
-        "whitening": None,
-    }
+    prep: dict[str, Any] = {**preprocessing.to_dict(), "whitening": None}
     if preprocessing.whitening is not None:
         w = preprocessing.whitening
         np.savez(root / WHITENING_FILE, mean=w.mean, matrix=w.matrix)
@@ -238,40 +232,35 @@ def save_artifact(
 def _parse_preprocessing(root: Path, raw: Any) -> PreprocessingConfig:
     if not isinstance(raw, dict):
         raise ArtifactError(f"{root}: preprocessing must be an object")
+    chain = {key: value for key, value in raw.items() if key != "whitening"}
     try:
-        height, width = (int(v) for v in raw.get("image_size", (224, 224)))
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(f"{root}: preprocessing.image_size must be [height, width]") from exc
+        config = PreprocessingConfig.from_dict(chain)
+    except ValueError as exc:
+        raise ArtifactError(f"{root}: {exc}") from exc
+    height, width = config.image_size
     if not (8 <= height <= 4096 and 8 <= width <= 4096):
         raise ArtifactError(f"{root}: preprocessing.image_size {height}x{width} is out of range")
-    mode = raw.get("resize_mode", "stretch")
-    if mode not in ("stretch", "center_crop", "pad"):
-        raise ArtifactError(f"{root}: unknown resize_mode {mode!r}")
-    whitening = None
     spec = raw.get("whitening")
-    if spec:
-        path = root / str(spec.get("file", WHITENING_FILE))
-        if not path.is_file():
-            raise ArtifactError(f"{root}: whitening file {path.name} is missing")
-        with np.load(path) as data:
-            mean, matrix = data["mean"], data["matrix"]
-        method = spec.get("method")
-        if method not in ("zca", "pca"):
-            raise ArtifactError(f"{root}: unknown whitening method {method!r}")
-        channels = 1 if raw.get("grayscale") else 3
-        if mean.shape != (height * width * channels,) or matrix.shape[0] != mean.shape[0]:
-            raise ArtifactError(
-                f"{root}: whitening was fitted on {matrix.shape[0]} features but the image "
-                f"chain produces {height * width * channels}"
-            )
-        whitening = Whitening(method, mean, matrix, float(spec.get("epsilon", 0.0)))
-    return PreprocessingConfig(
-        image_size=(height, width),
-        resize_mode=mode,
-        grayscale=bool(raw.get("grayscale", False)),
-        equalize=bool(raw.get("equalize", False)),
-        whitening=whitening,
-    )
+    if not spec:
+        return config
+    if not isinstance(spec, dict):
+        raise ArtifactError(f"{root}: preprocessing.whitening must be an object or null")
+    path = root / str(spec.get("file", WHITENING_FILE))
+    if not path.is_file():
+        raise ArtifactError(f"{root}: whitening file {path.name} is missing")
+    with np.load(path) as data:
+        mean, matrix = data["mean"], data["matrix"]
+    method = spec.get("method")
+    if method not in ("zca", "pca"):
+        raise ArtifactError(f"{root}: unknown whitening method {method!r}")
+    features = height * width * config.channels
+    if mean.shape != (features,) or matrix.shape[0] != mean.shape[0]:
+        raise ArtifactError(
+            f"{root}: whitening was fitted on {matrix.shape[0]} features but the image "
+            f"chain produces {features}"
+        )
+    whitening = Whitening(method, mean, matrix, float(spec.get("epsilon", 0.0)))
+    return replace(config, whitening=whitening)
 
 
 def _section(root: Path, meta: dict[str, Any], key: str) -> dict[str, Any]:

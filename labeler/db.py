@@ -15,7 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from labeler.settings import Settings
+from labeler.settings import Settings, setting_default
 
 log = logging.getLogger("labeler.db")
 T = TypeVar("T")
@@ -115,8 +115,8 @@ def short_error(exc: BaseException) -> str:
 class RetryPolicy:
     """Exponential backoff: ``backoff_seconds`` after the first failure, doubling, capped."""
 
-    retries: int = 5
-    backoff_seconds: float = 2.0
+    retries: int = setting_default("db_connect_retries")
+    backoff_seconds: float = setting_default("db_retry_backoff_seconds")
     max_delay_seconds: float = 60.0
 
     def delay(self, failures: int) -> float:

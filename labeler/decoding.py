@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from labeler.settings import setting_default
 from labeler.textsafe import storable_text
 
 # Real progressive JPEGs have about 10 scans (libjpeg's default script), sequential ones 1-3.
@@ -194,7 +195,7 @@ class _BudgetedInput(io.BytesIO):
 
 def decode_image(
     data: bytes,
-    max_pixels: int = 50_000_000,
+    max_pixels: int = setting_default("max_image_pixels"),
     *,
     target_size: tuple[int, int] | None = None,
     time_budget: float | None = DECODE_SECONDS,

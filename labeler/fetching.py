@@ -40,6 +40,7 @@ from labeler.decoding import (
     image_format,
     sniff,
 )
+from labeler.settings import setting_default
 from labeler.textsafe import storable_text
 
 _BASE64_BODY = re.compile(rb"[A-Za-z0-9+/]+={0,2}")
@@ -69,9 +70,9 @@ class LoaderConfig:
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     # Each network operation may take this long, and the whole fetch (connecting, headers and
     # body, redirects included) at most twice as long.
-    url_timeout: float = 10.0
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 50_000_000
+    url_timeout: float = setting_default("url_timeout_seconds")
+    max_bytes: int = setting_default("max_image_bytes")
+    max_pixels: int = setting_default("max_image_pixels")
     decode_seconds: float = DECODE_SECONDS
 
 

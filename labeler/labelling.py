@@ -41,6 +41,7 @@ from labeler.fetching import LoaderConfig
 from labeler.grouping import SCORES_K
 from labeler.logging_setup import summary_fields
 from labeler.preprocessing import PreprocessingConfig
+from labeler.settings import setting_default
 from labeler.store import Refused, SourceChanged, Store
 from labeler.writeback import GroupPolicy
 
@@ -76,16 +77,18 @@ class BatchClassifier(Protocol):
 
 @dataclass(frozen=True)
 class PassConfig:
-    batch_size: int = 32
-    max_attempts: int = 3
-    claim_ttl: timedelta = timedelta(minutes=15)
-    max_rows: int | None = None
-    db_retries: int = 5
-    db_backoff_seconds: float = 2.0
+    # Defaults are the settings' (labeler.settings); app.pass_config maps a Settings in.
+    batch_size: int = setting_default("batch_size")
+    max_attempts: int = setting_default("max_attempts")
+    claim_ttl: timedelta = timedelta(seconds=setting_default("claim_ttl_seconds"))
+    max_rows: int | None = setting_default("max_rows_per_pass")
+    db_retries: int = setting_default("db_connect_retries")
+    db_backoff_seconds: float = setting_default("db_retry_backoff_seconds")
     thresholds: Thresholds = field(default_factory=Thresholds)
     loader: LoaderConfig = field(default_factory=LoaderConfig)
-    prefetch_batches: int = 1  # batches prepared ahead of the one being classified
-    group_disagreement: float = 0.5  # shelter fit: see LABELER_GROUP_DISAGREEMENT
+    # batches prepared ahead of the one being classified
+    prefetch_batches: int = setting_default("prefetch_batches")
+    group_disagreement: float = setting_default("group_disagreement")  # shelter fit
 
 
 @dataclass

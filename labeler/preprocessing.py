@@ -12,8 +12,12 @@ inside themselves, e.g. VGG's caffe mode); with whitening they are the whitened 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+import hashlib
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -51,6 +55,41 @@ class PreprocessingConfig:
     equalize: bool = False
     whitening: Whitening | None = field(default=None, compare=False)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The chain's settings as JSON values (every field but the fitted whitening arrays)."""
+        return {name: _to_json(getattr(self, name)) for name in self.field_names()}
+
+    @classmethod
+    def from_dict(
+        cls, raw: Mapping[str, Any], whitening: Whitening | None = None
+    ) -> PreprocessingConfig:
+        """Inverse of :meth:`to_dict`; a missing key takes the field's default.
+
+        Unknown keys are refused rather than ignored: a chain this code does not know would
+        otherwise be served silently as a different one. Raises ``ValueError``.
+        """
+        names = cls.field_names()
+        unknown = sorted(set(raw) - set(names))
+        if unknown:
+            raise ValueError(f"unknown preprocessing field(s) {unknown}; known: {list(names)}")
+        hints = typing.get_type_hints(cls)
+        values = {name: _from_json(name, raw[name], hints[name]) for name in names if name in raw}
+        return cls(**values, whitening=whitening)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The serialised fields: all but ``whitening``, whose arrays are stored apart."""
+        return tuple(f.name for f in fields(cls) if f.name != "whitening")
+
+    def cache_fields(self) -> dict[str, Any]:
+        """What the per-image part of the chain depends on (whitening is batch-level)."""
+        return self.to_dict()
+
+    def cache_key(self) -> str:
+        """A short stable hash of :meth:`cache_fields`, for caches of preprocessed images."""
+        text = json.dumps(self.cache_fields(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     @property
     def channels(self) -> int:
         return 1 if self.grayscale else 3
@@ -61,6 +100,31 @@ class PreprocessingConfig:
         if self.whitening is not None and self.whitening.method == "pca":
             return (self.whitening.output_dim,)
         return (height, width, self.channels)
+
+
+def _to_json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _from_json(name: str, value: Any, hint: Any) -> Any:
+    """Check one serialised value against its field's type; JSON lists become tuples."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ValueError(f"unknown {name} {value!r}; choose from {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ValueError(f"preprocessing.{name} must be a list of {len(args)}, got {value!r}")
+        return tuple(_from_json(name, v, a) for v, a in zip(value, args, strict=True))
+    # bool is an int subclass: 1 is not a bool and True is not a number.
+    if hint in (bool, int, float) and isinstance(value, bool) != (hint is bool):
+        raise ValueError(f"preprocessing.{name} must be {hint.__name__}, got {value!r}")
+    if hint is float and isinstance(value, int):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(value, hint):
+        raise ValueError(f"preprocessing.{name} must be {hint.__name__}, got {value!r}")
+    return value
 
 
 def resize(image: np.ndarray, size: tuple[int, int], mode: ResizeMode = "stretch") -> np.ndarray:

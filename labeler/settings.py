@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
@@ -397,6 +398,18 @@ class Settings(BaseSettings):
         from labeler.redact import safe_url
 
         return safe_url(self.url)
+
+
+def setting_default(name: str) -> Any:
+    """The default of one setting, for runtime objects that need it without a Settings.
+
+    Defaults are written once, on ``Settings``; ``PassConfig``, ``LoaderConfig`` and
+    ``RetryPolicy`` read theirs from here so a changed default cannot drift between them.
+    """
+    default = Settings.model_fields[name].default
+    if default is PydanticUndefined:
+        raise KeyError(f"setting {name} has no plain default")
+    return default
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -21,7 +21,7 @@ from labeler.decision import Thresholds
 from labeler.domain import NOT_A_BREED, Prediction
 from labeler.grouping import decide_group, parse_scores
 from labeler.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, REVIEWED
-from labeler.settings import Settings
+from labeler.settings import Settings, setting_default
 from labeler.source import SourceError
 
 
@@ -172,8 +172,8 @@ STAFF_REASON = "staff set the breed in the shelter's own record"
 @dataclass(frozen=True)
 class GroupPolicy:
     thresholds: Thresholds
-    disagreement: float = 0.5
-    max_attempts: int = 3
+    disagreement: float = setting_default("group_disagreement")
+    max_attempts: int = setting_default("max_attempts")
 
 
 def _undecided(target: Target, current: Mapping[str, str | None]) -> bool:

@@ -71,6 +71,12 @@ def test_round_trip(tiny_artifact: Path) -> None:
         (lambda p: edit_metadata(p, output={"reject_labels": ["cat"]}), "not labels"),
         (lambda p: edit_metadata(p, preprocessing={"image_size": [2, 2]}), "out of range"),
         (
+            lambda p: edit_metadata(p, preprocessing={"sharpen": True}),
+            r"model: unknown preprocessing field\(s\) \['sharpen'\]",
+        ),
+        (lambda p: edit_metadata(p, preprocessing={"resize_mode": "zoom"}), "unknown resize_mode"),
+        (lambda p: edit_metadata(p, preprocessing={"grayscale": "yes"}), "must be bool"),
+        (
             lambda p: edit_metadata(p, preprocessing={"whitening": {"method": "zca"}}),
             "whitening file",
         ),

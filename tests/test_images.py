@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import socket
 import struct
 import threading
 import time
@@ -747,6 +748,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
+            # A small send buffer: what the server manages to send then measures what the
+            # client read, not what the kernel absorbed (loopback buffers grow to 4 MB).
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
             sent = 0
             block = b"\0" * 16384
             while sent < 20 * MAX_BYTES and not self.server.stopping.is_set():

@@ -60,7 +60,12 @@ def make_pass(
     stop: threading.Event | None = None,
     **config: object,
 ) -> LabellingPass:
-    settings: dict[str, object] = {"batch_size": 2, "loader": LoaderConfig(kind="bytes")}
+    # One batch prepared ahead: the release counts below are written for exactly one.
+    settings: dict[str, object] = {
+        "batch_size": 2,
+        "prefetch_batches": 1,
+        "loader": LoaderConfig(kind="bytes"),
+    }
     settings.update(config)
     return LabellingPass(
         store,

@@ -30,6 +30,10 @@ def labeler_env(db_url: str, model: Path, **extra: str) -> dict[str, str]:
         LABELER_IMAGE_KIND="bytes",
         LABELER_MODEL_DIR=str(model),
         LABELER_BATCH_SIZE="5",
+        # Every process starts the same way (TensorFlow import, a few seconds), so they overlap
+        # and each takes a share; ONNX start-up (a cache hit, or a first conversion for one of
+        # them) is so uneven that one labeler could find the work done. ONNX has its own tests.
+        LABELER_RUNTIME="keras",
         TF_CPP_MIN_LOG_LEVEL="2",
         PYTHONUNBUFFERED="1",
     )

@@ -222,3 +222,35 @@ def test_query_parameter_credentials_are_masked(monkeypatch: pytest.MonkeyPatch)
     text = record.getMessage() + record.detail + (record.exc_text or "")
     assert "qu3ry-Pw" not in text and "k3y-Pass" not in text
     assert "traceback mentions ***" in (record.exc_text or "")
+
+
+def test_runtime_objects_take_their_defaults_from_settings() -> None:
+    from labeler.db import RetryPolicy
+    from labeler.fetching import LoaderConfig
+    from labeler.labelling import PassConfig
+    from labeler.settings import Settings, setting_default
+
+    def default(name: str) -> object:
+        return Settings.model_fields[name].default
+
+    run, loader, retry = PassConfig(), LoaderConfig(), RetryPolicy()
+    assert (run.batch_size, run.max_attempts, run.max_rows, run.prefetch_batches) == (
+        default("batch_size"),
+        default("max_attempts"),
+        default("max_rows_per_pass"),
+        default("prefetch_batches"),
+    )
+    assert run.claim_ttl.total_seconds() == default("claim_ttl_seconds")
+    assert run.group_disagreement == default("group_disagreement")
+    assert (retry.retries, retry.backoff_seconds) == (run.db_retries, run.db_backoff_seconds)
+    assert (retry.retries, retry.backoff_seconds) == (
+        default("db_connect_retries"),
+        default("db_retry_backoff_seconds"),
+    )
+    assert (loader.url_timeout, loader.max_bytes, loader.max_pixels) == (
+        default("url_timeout_seconds"),
+        default("max_image_bytes"),
+        default("max_image_pixels"),
+    )
+    with pytest.raises(KeyError, match="breed_table_columns has no plain default"):
+        setting_default("breed_table_columns")

@@ -9,16 +9,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from training.options import add_config_options, config_values, parse_size
+
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 DEFAULT_DATA = SHARED / "data" / "stanford-dogs-train"
 DEFAULT_TSV = SHARED / "data" / "breeds.tsv"
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    if len(parts) == 1:
-        return int(parts[0]), int(parts[0])
-    return int(parts[0]), int(parts[1])
 
 
 def _views(text: str) -> tuple[str, ...]:
@@ -37,32 +32,23 @@ def _bool_flag(parser: argparse.ArgumentParser, name: str, default: bool, help: 
     )
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="one folder per class")
-    p.add_argument(
-        "--breeds-tsv",
-        default=str(DEFAULT_TSV) if DEFAULT_TSV.is_file() else None,
-        help="index/synset/breed TSV naming the classes (default: ../shared/data/breeds.tsv)",
-    )
-    p.add_argument("--classes", type=int, default=None, help="keep the first N classes")
-    p.add_argument("--per-class", type=int, default=None, help="keep M photos per class")
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--test-fraction", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir", default=None, help="where split, history, plots go (runs/...)")
-    p.add_argument("--image-cache", default="runs/image-cache")
-    p.add_argument("--feature-cache", default="runs/feature-cache")
-    p.add_argument("--workers", type=int, default=2)
+def _data_args(p: argparse.ArgumentParser, **defaults: object) -> None:
+    from training.train import DATA_OPTIONS, TrainConfig
+
+    cli_defaults = {
+        "data_dir": str(DEFAULT_DATA),
+        "breeds_tsv": str(DEFAULT_TSV) if DEFAULT_TSV.is_file() else None,
+        "run_dir": None,  # None: runs/<name>
+    }
+    add_config_options(p, TrainConfig, DATA_OPTIONS, {**cli_defaults, **defaults})
 
 
-def _prep_args(p: argparse.ArgumentParser, size: str) -> None:
-    p.add_argument("--image-size", type=_size, default=_size(size), help="e.g. 64 or 64x64")
-    p.add_argument("--resize-mode", choices=("stretch", "center_crop", "pad"), default="stretch")
-    _bool_flag(p, "grayscale", False, "convert to one luma channel")
-    _bool_flag(p, "equalize", False, "histogram-equalize each channel")
-    p.add_argument("--whitening", choices=("none", "zca", "pca"), default="none")
-    p.add_argument("--whitening-epsilon", type=float, default=0.1)
-    p.add_argument("--pca-components", type=int, default=None)
+def _prep_args(
+    p: argparse.ArgumentParser, names: tuple[str, ...] | None = None, **defaults: object
+) -> None:
+    from training.train import PREPROCESSING_OPTIONS, TrainConfig
+
+    add_config_options(p, TrainConfig, names or PREPROCESSING_OPTIONS, defaults)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train one model and write its artifact")
     _data_args(t)
-    _prep_args(t, "64")
+    _prep_args(t)
     t.add_argument("--model", choices=("baseline", "transfer"), default="baseline")
     t.add_argument("--output", default=None, help="artifact directory, e.g. models/baseline-cnn")
     t.add_argument("--name", default=None, help="artifact name (default: output folder name)")
@@ -149,9 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     _bool_flag(t, "plots", True, "write learning curves, confusion matrix, confused pairs")
 
     s = sub.add_parser("sweep", help="rerun the study's comparisons on a subset")
-    _data_args(s)
-    s.set_defaults(classes=10, per_class=60)
-    s.add_argument("--image-size", type=_size, default=_size("48"))
+    _data_args(s, max_classes=10, per_class=60)
+    _prep_args(s, ("image_size",), image_size=(48, 48))
     s.add_argument("--epochs", type=int, default=8)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument(
@@ -166,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="NAME=WEIGHTS for the backbone group, e.g. mobilenetv2=path.h5",
     )
-    s.add_argument("--backbone-image-size", type=_size, default=_size("96"))
+    s.add_argument("--backbone-image-size", type=parse_size, default=(96, 96))
     s.add_argument("--out", default="runs/sweep")
 
     z = sub.add_parser("zero-shot", help="an ImageNet classifier restricted to the dog classes")
@@ -174,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--weights", default="imagenet", help="'imagenet' or a full (with top) file")
     z.add_argument("--breeds-tsv", default=str(DEFAULT_TSV))
     z.add_argument("--output", required=True)
-    z.add_argument("--image-size", type=_size, default=_size("224"))
+    z.add_argument("--image-size", type=parse_size, default=(224, 224))
     z.add_argument("--name", default=None)
     z.add_argument("--evaluate", default=None, help="optional dataset folder to measure on")
     z.add_argument("--per-class", type=int, default=10)
@@ -203,28 +188,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.train import TrainConfig, quality_note, run
+    from training.train import DATA_OPTIONS, PREPROCESSING_OPTIONS, TrainConfig, quality_note, run
 
     name = args.name or (Path(args.output).name if args.output else f"{args.model}-run")
+    values = config_values(args, DATA_OPTIONS + PREPROCESSING_OPTIONS)
+    values["run_dir"] = values["run_dir"] or f"runs/{name}"
     cfg = TrainConfig(
-        data_dir=args.data,
+        **values,
         output=args.output,
-        run_dir=args.run_dir or f"runs/{name}",
         name=name,
-        breeds_tsv=args.breeds_tsv,
-        max_classes=args.classes,
-        per_class=args.per_class,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
         model=args.model,
-        image_size=args.image_size,
-        resize_mode=args.resize_mode,
-        grayscale=args.grayscale,
-        equalize=args.equalize,
-        whitening=args.whitening,
-        whitening_epsilon=args.whitening_epsilon,
-        pca_components=args.pca_components,
         augment=args.augment,
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -241,8 +214,6 @@ def _train(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         weights=None if args.weights == "none" else args.weights,
         head_hidden=args.head_hidden,
-        feature_cache_dir=args.feature_cache or None,
-        image_cache_dir=args.image_cache or None,
         fine_tune_epochs=args.fine_tune_epochs,
         fine_tune_fraction=args.fine_tune_fraction,
         fine_tune_learning_rate=args.fine_tune_learning_rate,
@@ -259,7 +230,6 @@ def _train(args: argparse.Namespace) -> int:
         calibration_margins=args.calibration_margins,
         reject_classes=args.reject_classes,
         tta=args.tta,
-        workers=args.workers,
         plots=args.plots,
     )
     result = run(cfg)

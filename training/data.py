@@ -167,10 +167,7 @@ def cached_images(
             {
                 "files": [dataset.relative(i) for i in range(len(dataset))],
                 "root": str(dataset.root.resolve()),
-                "size": list(config.image_size),
-                "mode": config.resize_mode,
-                "gray": config.grayscale,
-                "eq": config.equalize,
+                "preprocessing": config.cache_key(),
                 "decoder": "labeler.decoding",  # upright + reduced-scale decoding
             }
         ).encode()

@@ -33,10 +33,8 @@ def feature_cache_key(
     payload: dict[str, object] = {
         "backbone": backbone,
         "weights": weights_id,
-        "image_size": list(preprocessing.image_size),
-        "resize_mode": preprocessing.resize_mode,
-        "grayscale": preprocessing.grayscale,
-        "equalize": preprocessing.equalize,
+        # Spread, not nested: the keys of caches written before cache_fields() stay the same.
+        **preprocessing.cache_fields(),
         "files": files,
     }
     if view != "identity":  # keeps the keys of caches written before views existed

@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from training.models import BACKBONES
-from training.train import LOSSES, OPTIMIZERS, TrainConfig, TrainResult, run
+from training.options import config_values
+from training.train import (
+    DATA_OPTIONS,
+    LOSSES,
+    OPTIMIZERS,
+    PREPROCESSING_OPTIONS,
+    TrainConfig,
+    TrainResult,
+    run,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,22 +198,15 @@ def run_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     if unknown:
         raise ValueError(f"unknown sweep groups {sorted(unknown)}")
     out = Path(args.out)
+    # run_dir is per variant (run_variants); every other generated option sets the base.
+    generated = (*DATA_OPTIONS, *PREPROCESSING_OPTIONS)
+    names = [n for n in generated if n != "run_dir" and hasattr(args, n)]
     base = TrainConfig(
-        data_dir=args.data,
-        breeds_tsv=args.breeds_tsv,
-        max_classes=args.classes,
-        per_class=args.per_class,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        image_size=args.image_size,
+        **config_values(args, names),
         epochs=args.epochs,
         batch_size=args.batch_size,
         augment=False,
         patience=0,
-        feature_cache_dir=args.feature_cache or None,
-        image_cache_dir=args.image_cache or None,
-        workers=args.workers,
         plots=False,
     )
     todo = variants(groups, parse_backbone_weights(args.backbone_weights), args.backbone_image_size)

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
@@ -22,6 +22,7 @@ from labeler.artifact import save_artifact
 from labeler.classifier import calibrate
 from labeler.preprocessing import (
     PreprocessingConfig,
+    ResizeMode,
     Whitening,
     finish_batch,
     fit_whitening,
@@ -47,6 +48,7 @@ from training.models import (
     preprocess_mode,
     set_fine_tuning,
 )
+from training.options import cli, parse_size
 from training.views import apply_view
 
 log = logging.getLogger(__name__)
@@ -55,27 +57,61 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop", "nadam", "adadelta", "adagrad", "adamax"
 LOSSES = ("sparse_categorical_crossentropy", "label_smoothing", "focal")
 
 
+# The fields with cli() metadata are the options ``python -m training train`` and ``sweep``
+# generate (training.options): their defaults are written here and nowhere else.
+DATA_OPTIONS = (
+    "data_dir",
+    "breeds_tsv",
+    "max_classes",
+    "per_class",
+    "val_fraction",
+    "test_fraction",
+    "seed",
+    "run_dir",
+    "image_cache_dir",
+    "feature_cache_dir",
+    "workers",
+)
+PREPROCESSING_OPTIONS = (
+    "image_size",
+    "resize_mode",
+    "grayscale",
+    "equalize",
+    "whitening",
+    "whitening_epsilon",
+    "pca_components",
+)
+
+
 @dataclass
 class TrainConfig:
-    data_dir: str
+    data_dir: str = field(metadata=cli("one folder per class", flag="data"))
     output: str | None = None  # artifact directory; None trains and evaluates only
-    run_dir: str = "runs/latest"
+    run_dir: str = field(
+        default="runs/latest", metadata=cli("where split, history, plots go (runs/...)")
+    )
     name: str = "model"
-    breeds_tsv: str | None = None
-    max_classes: int | None = None
-    per_class: int | None = None
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    seed: int = 0
+    breeds_tsv: str | None = field(
+        default=None, metadata=cli("index/synset/breed TSV naming the classes")
+    )
+    max_classes: int | None = field(
+        default=None, metadata=cli("keep the first N classes", flag="classes")
+    )
+    per_class: int | None = field(default=None, metadata=cli("keep M photos per class"))
+    val_fraction: float = field(default=0.15, metadata=cli())
+    test_fraction: float = field(default=0.15, metadata=cli())
+    seed: int = field(default=0, metadata=cli())
     model: str = "baseline"  # baseline | transfer
     # preprocessing chain
-    image_size: tuple[int, int] = (64, 64)
-    resize_mode: str = "stretch"
-    grayscale: bool = False
-    equalize: bool = False
-    whitening: str = "none"  # none | zca | pca
-    whitening_epsilon: float = 0.1
-    pca_components: int | None = None
+    image_size: tuple[int, int] = field(
+        default=(64, 64), metadata=cli("e.g. 64 or 64x64", parse=parse_size)
+    )
+    resize_mode: ResizeMode = field(default="stretch", metadata=cli())
+    grayscale: bool = field(default=False, metadata=cli("convert to one luma channel"))
+    equalize: bool = field(default=False, metadata=cli("histogram-equalize each channel"))
+    whitening: Literal["none", "zca", "pca"] = field(default="none", metadata=cli())
+    whitening_epsilon: float = field(default=0.1, metadata=cli())
+    pca_components: int | None = field(default=None, metadata=cli())
     # augmentation (training only)
     augment: bool = True
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
@@ -97,8 +133,12 @@ class TrainConfig:
     backbone: str = "vgg16"
     weights: str | None = "imagenet"
     head_hidden: int = 0
-    feature_cache_dir: str | None = "runs/feature-cache"
-    image_cache_dir: str | None = "runs/image-cache"
+    feature_cache_dir: str | None = field(
+        default="runs/feature-cache", metadata=cli(flag="feature_cache")
+    )
+    image_cache_dir: str | None = field(
+        default="runs/image-cache", metadata=cli(flag="image_cache")
+    )
     fine_tune_epochs: int = 0
     fine_tune_fraction: float = 0.2
     fine_tune_learning_rate: float = 1e-5
@@ -119,13 +159,13 @@ class TrainConfig:
     calibration_margins: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
     reject_classes: tuple[str, ...] = ()  # class ids (synsets) that are not dog breeds
     tta: tuple[str, ...] = ("identity",)
-    workers: int = 2
+    workers: int = field(default=2, metadata=cli())
     plots: bool = True
 
     def preprocessing(self, whitening: Whitening | None = None) -> PreprocessingConfig:
         return PreprocessingConfig(
             image_size=(int(self.image_size[0]), int(self.image_size[1])),
-            resize_mode=self.resize_mode,  # type: ignore[arg-type]
+            resize_mode=self.resize_mode,
             grayscale=self.grayscale,
             equalize=self.equalize,
             whitening=whitening,
@@ -342,7 +382,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         t0 = time.perf_counter()
         whitening = fit_whitening(
             flatten_for_whitening(images[tr]),
-            cfg.whitening,  # type: ignore[arg-type]
+            cfg.whitening,
             cfg.whitening_epsilon,
             cfg.pca_components,
         )
