@@ -57,21 +57,25 @@ class Source:
         return photo_id
 
 
-def reflect_source(conn: Connection, settings: Settings) -> Source:
-    """Reflect the configured table or view and check that every named column exists."""
-    schema, _, name = settings.source_table.rpartition(".")
+def reflect_table(conn: Connection, qualified_name: str, role: str, env: str) -> Table:
+    """Reflect a configured ``[schema.]name`` table or view; ``role`` and ``env`` name it in
+    the error (e.g. "source", LABELER_SOURCE_TABLE)."""
+    schema, _, name = qualified_name.rpartition(".")
     inspector = inspect(conn)
     names = set(inspector.get_table_names(schema=schema or None)) | set(
         inspector.get_view_names(schema=schema or None)
     )
     if name not in names:
-        raise SourceError(
-            f"source table or view {settings.source_table!r} does not exist (LABELER_SOURCE_TABLE)"
-        )
+        raise SourceError(f"{role} table or view {qualified_name!r} does not exist ({env})")
     try:
-        table = Table(name, MetaData(), schema=schema or None, autoload_with=conn)
+        return Table(name, MetaData(), schema=schema or None, autoload_with=conn)
     except NoSuchTableError as exc:
-        raise SourceError(f"source table {settings.source_table!r} cannot be read") from exc
+        raise SourceError(f"{role} table {qualified_name!r} cannot be read") from exc
+
+
+def reflect_source(conn: Connection, settings: Settings) -> Source:
+    """Reflect the configured table or view and check that every named column exists."""
+    table = reflect_table(conn, settings.source_table, "source", "LABELER_SOURCE_TABLE")
 
     wanted = {
         "LABELER_SOURCE_ID_COLUMN": settings.source_id_column,

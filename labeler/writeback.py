@@ -10,8 +10,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import Column, Connection, MetaData, Table, inspect
-from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy import Column, Connection, Table
 from sqlalchemy.orm import Session
 
 from labeler import repository as repo
@@ -22,7 +21,7 @@ from labeler.domain import NOT_A_BREED, Prediction
 from labeler.grouping import decide_group, parse_scores
 from labeler.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, REVIEWED
 from labeler.settings import Settings, setting_default
-from labeler.source import SourceError
+from labeler.source import SourceError, reflect_table
 
 
 class TargetValueError(ValueError):
@@ -115,19 +114,7 @@ def reflect_target(conn: Connection, settings: Settings) -> Target | None:
         breed_map = load_breed_map(settings.breed_map)
     except (BreedMapError, OSError) as exc:
         raise SourceError(f"LABELER_BREED_MAP={settings.breed_map}: {exc}") from exc
-    schema, _, name = settings.target_table.rpartition(".")
-    inspector = inspect(conn)
-    names = set(inspector.get_table_names(schema=schema or None)) | set(
-        inspector.get_view_names(schema=schema or None)
-    )
-    if name not in names:
-        raise SourceError(
-            f"target table or view {settings.target_table!r} does not exist (LABELER_TARGET_TABLE)"
-        )
-    try:
-        table = Table(name, MetaData(), schema=schema or None, autoload_with=conn)
-    except NoSuchTableError as exc:
-        raise SourceError(f"target table {settings.target_table!r} cannot be read") from exc
+    table = reflect_table(conn, settings.target_table, "target", "LABELER_TARGET_TABLE")
     have = ", ".join(sorted(table.c.keys()))
     if settings.target_key_column not in table.c:
         raise SourceError(

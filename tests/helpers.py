@@ -6,6 +6,7 @@ import base64
 import contextlib
 import io
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -219,3 +220,25 @@ def build_tiny_artifact(directory: Path, labels: list[str] | None = None, size: 
         quality_note="a test stand-in: its labels are meaningless",
     )
     return directory
+
+
+@contextmanager
+def serving_in_thread(server: Any) -> Iterator[Any]:
+    """Run a test HTTP server (with a ``stopping`` event) on a thread; stop it for sure."""
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def without_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests to the test server on 127.0.0.1 must not go to a proxy from the environment."""
+    for key in list(os.environ):
+        if key.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+            monkeypatch.delenv(key)

@@ -4,7 +4,6 @@ the test), and labeler.textsafe for the text they send back."""
 from __future__ import annotations
 
 import io
-import os
 import socket
 import socketserver
 import threading
@@ -20,6 +19,7 @@ from PIL import Image
 from labeler.decoding import Cancelled, ImageError
 from labeler.fetching import LoaderConfig, load_bytes, load_image
 from labeler.textsafe import storable_text
+from tests.helpers import serving_in_thread, without_proxies
 
 URL_TIMEOUT = 0.5  # each network wait; the whole fetch gets twice this
 PAUSE = URL_TIMEOUT / 3  # under the per-wait timeout, so only the total deadline can cut
@@ -94,24 +94,13 @@ class _Handler(socketserver.StreamRequestHandler):
 
 @contextmanager
 def serving() -> Iterator[_Server]:
-    server = _Server()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving_in_thread(_Server()) as server:
         yield server
-    finally:
-        server.stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-        assert not thread.is_alive()
 
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
-    for key in list(os.environ):
-        if key.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-            monkeypatch.delenv(key)
+    without_proxies(monkeypatch)
     with serving() as running:
         yield running
 

@@ -26,6 +26,7 @@ from PIL import Image, ImageFile
 
 from labeler.decoding import ImageError, decode_image
 from labeler.fetching import LoaderConfig, detect_kind, load_bytes, load_image
+from tests.helpers import serving_in_thread, without_proxies
 
 RED = (255, 0, 0)
 HTML_PAGE = (
@@ -791,24 +792,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @contextmanager
 def serving() -> Iterator[_Server]:
-    server = _Server()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with serving_in_thread(_Server()) as server:
         yield server
-    finally:
-        server.stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-        assert not thread.is_alive()
 
 
 @pytest.fixture
 def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
-    for key in list(os.environ):
-        if key.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
-            monkeypatch.delenv(key)
+    without_proxies(monkeypatch)
     with serving() as running:
         yield running
 
