@@ -2,7 +2,7 @@
 
     nice -n 0 .venv/bin/python benchmarks/throughput.py
     .venv/bin/python benchmarks/throughput.py --rows 200 --phone-rows 32 --rss-rows 0  # quick
-    .venv/bin/python benchmarks/throughput.py --sweep    # choose threads, prefetch, batch size
+    .venv/bin/python benchmarks/throughput.py --sweep    # threads, decode threads, prefetch, batch
 
 With a MobileNetV2 model (ImageNet backbone from the shared weights, untrained head), for the
 320 px full-frame sample and for 12-megapixel phone JPEGs made from it at start-up:
@@ -63,6 +63,7 @@ def settings_for(url: str, model: Path, cache: Path, args: argparse.Namespace) -
             "batch_size": args.batch_size,
             "inference_threads": args.threads,
             "prefetch_batches": args.prefetch,
+            "decode_threads": args.decode_threads,
         }
     )
 
@@ -106,31 +107,27 @@ def decode_rate(
 
 
 def prepare_inputs(
-    values: list[bytes],
-    loader: Any,
-    config: Any,
-    pool: ThreadPoolExecutor | None = None,
-    workers: int = 1,
+    values: list[bytes], loader: Any, config: Any, pool: ThreadPoolExecutor | None = None
 ) -> np.ndarray:
-    """A batch's model input from stored photos, through the pass's own ``prepare_batch``;
-    with ``pool``, its photos are split between the pool's threads (a decode pool)."""
+    """A batch's model input from stored photos, through the pass's own ``prepare_batch``
+    (with ``pool``: its decode pool, as the pass uses it)."""
     from labeler.batches import prepare_batch
     from labeler.domain import SourceRow
 
-    def prepare(part: list[bytes]) -> np.ndarray:
-        ids = [str(i) for i in range(len(part))]
-        rows = {i: SourceRow(image=v) for i, v in zip(ids, part, strict=True)}
-        prepared = prepare_batch(
-            "bench", ids, rows, {}, loader=loader, preprocessing=config, cancel=lambda: False
-        )
-        assert prepared.inputs is not None and not prepared.failures, prepared.failures
-        return prepared.inputs
-
-    if pool is None:
-        return prepare(values)
-    parts = [values[i::workers] for i in range(workers) if values[i::workers]]
-    # Interleaved split, so the order of the photos differs; the rate does not care.
-    return np.concatenate(list(pool.map(prepare, parts)))
+    ids = [str(i) for i in range(len(values))]
+    rows = {i: SourceRow(image=v) for i, v in zip(ids, values, strict=True)}
+    prepared = prepare_batch(
+        "bench",
+        ids,
+        rows,
+        {},
+        loader=loader,
+        preprocessing=config,
+        cancel=lambda: False,
+        pool=pool,
+    )
+    assert prepared.inputs is not None and not prepared.failures, prepared.failures
+    return prepared.inputs
 
 
 def pipeline_rate(
@@ -151,7 +148,7 @@ def pipeline_rate(
     def produce() -> None:
         for start in range(0, count, batch):
             values = [photos[i % len(photos)] for i in range(start, min(start + batch, count))]
-            batches.put(prepare_inputs(values, loader, config, pool, decode_threads))
+            batches.put(prepare_inputs(values, loader, config, pool))
         batches.put(None)
 
     def run() -> int:
@@ -304,6 +301,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def report(args: argparse.Namespace) -> None:
     from labeler.app import load_classifier, loader_config
     from labeler.classifier import Classifier
+    from labeler.runtime import available_cores
 
     load = os.getloadavg()[0]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -316,17 +314,13 @@ def report(args: argparse.Namespace) -> None:
         photos = {SIZES[0]: sample_photos(), SIZES[1]: phone_jpegs(args.phone_photos)}
         made = time.perf_counter() - t0
         served = load_classifier(settings)  # the runtime the pass gets (converts once)
-        keras = Classifier.load(model, runtime="keras")
-        runtimes = {"keras": keras.runtime}
-        if served.runtime_name != "keras":
-            runtimes[served.runtime_name] = served.runtime
         config = served.artifact.preprocessing
+        decoders = args.decode_threads or available_cores()  # as the pass resolves 0
         first = [prepare_photo(p, loader, config) for p in photos[SIZES[0]][: args.batch_size]]
         from labeler.preprocessing import finish_batch
 
         batch = finish_batch(np.stack(first), config)
-        forward = {n: forward_rate(r, batch, args.forward_seconds) for n, r in runtimes.items()}
-        fastest = max(forward.values())
+        forward = {served.runtime_name: forward_rate(served.runtime, batch, args.forward_seconds)}
         counts = {SIZES[0]: args.rows, SIZES[1]: args.phone_rows}
         results: dict[str, dict[str, Any]] = {}
         for size in SIZES:
@@ -337,29 +331,33 @@ def report(args: argparse.Namespace) -> None:
                     pics, min(count, args.decode_photos), loader, config, reduced=False
                 ),
                 "pipeline": pipeline_rate(
-                    pics, count, served, loader, args.batch_size, args.prefetch
+                    pics, count, served, loader, args.batch_size, args.prefetch, decoders
                 ),
-                "pipeline_pool": pipeline_rate(
-                    pics,
-                    count,
-                    served,
-                    loader,
-                    args.batch_size,
-                    args.prefetch,
-                    args.decode_threads,
+                "pipeline_1": pipeline_rate(
+                    pics, count, served, loader, args.batch_size, args.prefetch, 1
                 ),
-                "loop": loop_rate(pics, min(count, args.loop_photos), keras, loader),
             }
             for backend in args.backends:
                 r[backend] = pass_rate(backend, pics, count, model, cache, args)
             results[size] = r
+        # Keras last: once TensorFlow has run a model, its thread pools stay in the process
+        # and take CPU from whatever runs next (a pass beside them lost a quarter of its
+        # 12 MP rate), and a labeler serving with ONNX Runtime never runs them.
+        keras = Classifier.load(model, runtime="keras")
+        if served.runtime_name != "keras":
+            forward["keras"] = forward_rate(keras.runtime, batch, args.forward_seconds)
+        for size in SIZES:
+            count, pics = counts[size], photos[size]
+            results[size]["loop"] = loop_rate(pics, min(count, args.loop_photos), keras, loader)
+        fastest = max(forward.values())
         rss = [rss_run(n, model, cache, args) for n in args.rss_rows if n > 0]
 
     cores = os.cpu_count()
     print(f"# throughput.py, {started}, {cores} cores, load average {load:.2f} at start")
     print(
         f"# model MobileNetV2 224x224, batch {args.batch_size}, inference threads "
-        f"{args.threads or 'default (one per core)'}, prefetch {args.prefetch} batch(es); "
+        f"{args.threads or 'default (one per core)'}, decode threads {decoders}, "
+        f"prefetch {args.prefetch} batch(es); "
         f"pass runtime: {served.runtime.description}"
     )
     print(
@@ -377,9 +375,9 @@ def report(args: argparse.Namespace) -> None:
     rows.append(
         ("decode reduced + preprocess, 1 thread", *(fmt(results[s]["decode"]) for s in SIZES))
     )
-    rows.append(("pipeline without database", *(fmt(results[s]["pipeline"]) for s in SIZES)))
-    pool_label = f"pipeline, decode pool of {args.decode_threads} (not in the pass)"
-    rows.append((pool_label, *(fmt(results[s]["pipeline_pool"]) for s in SIZES)))
+    pipe_label = f"pipeline without database, {decoders} decode threads (as the pass)"
+    rows.append((pipe_label, *(fmt(results[s]["pipeline"]) for s in SIZES)))
+    rows.append(("pipeline, 1 decode thread", *(fmt(results[s]["pipeline_1"]) for s in SIZES)))
     for backend in args.backends:
         rows.append((f"pass, {backend}", *(fmt(results[s][backend]["rate"]) for s in SIZES)))
     rows.append(("one photo at a time, Keras", *(fmt(results[s]["loop"]) for s in SIZES)))
@@ -437,14 +435,22 @@ def sweep(args: argparse.Namespace) -> None:
         cache = Path(tmp) / "onnx-cache"
         load_classifier(settings_for("sqlite://", model, cache, args))  # convert once
         photos = {SIZES[0]: sample_photos(), SIZES[1]: phone_jpegs(args.phone_photos)}
-        header = ("threads  prefetch  batch", *(f"{s} /s (CPU ms/photo)" for s in SIZES))
+        header = (
+            "threads  decode  prefetch  batch",
+            *(f"{s} /s (CPU ms/photo)" for s in SIZES),
+        )
         rows: list[tuple[str, ...]] = [header]
-        scores: dict[tuple[int, int, int], float] = {}
+        scores: dict[tuple[int, int, int, int], float] = {}
 
-        def point(threads: int, prefetch: int, batch: int) -> None:
-            if (threads, prefetch, batch) in scores:
+        def point(threads: int, decode: int, prefetch: int, batch: int) -> None:
+            if (threads, decode, prefetch, batch) in scores:
                 return
-            where = {"threads": threads, "prefetch": prefetch, "batch_size": batch}
+            where = {
+                "threads": threads,
+                "decode_threads": decode,
+                "prefetch": prefetch,
+                "batch_size": batch,
+            }
             settings = argparse.Namespace(**{**vars(args), **where})
             cells, rates = [], []
             for size, n in zip(SIZES, (args.rows, args.phone_rows), strict=True):
@@ -452,21 +458,22 @@ def sweep(args: argparse.Namespace) -> None:
                 cells.append(f"{r['rate']:.1f} ({r['cpu_ms_per_photo']:.1f})")
                 rates.append(r["rate"])
             # Both photo sizes count: the 12 MP rate relative to the 320 px one.
-            scores[(threads, prefetch, batch)] = float(np.sqrt(rates[0] * rates[1]))
-            rows.append((f"{threads:>7}  {prefetch:>8}  {batch:>5}", *cells))
+            scores[(threads, decode, prefetch, batch)] = float(np.sqrt(rates[0] * rates[1]))
+            rows.append((f"{threads:>7}  {decode:>6}  {prefetch:>8}  {batch:>5}", *cells))
             print("  ".join(rows[-1]), flush=True)
 
         for threads in args.sweep_threads:
-            for prefetch in args.sweep_prefetch:
-                point(threads, prefetch, args.batch_size)
+            for decode in args.sweep_decode:
+                for prefetch in args.sweep_prefetch:
+                    point(threads, decode, prefetch, args.batch_size)
         best = max(scores, key=scores.__getitem__)
         for batch in args.sweep_batch:
-            point(best[0], best[1], batch)
+            point(best[0], best[1], best[2], batch)
     print(table(rows))
     best = max(scores, key=scores.__getitem__)
     print(
-        f"best (geometric mean of both sizes): threads {best[0]}, prefetch {best[1]}, "
-        f"batch {best[2]}"
+        f"best (geometric mean of both sizes): threads {best[0]}, decode threads {best[1]}, "
+        f"prefetch {best[2]}, batch {best[3]}"
     )
 
 
@@ -490,7 +497,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--threads", type=int, default=defaults.inference_threads)
     parser.add_argument("--prefetch", type=int, default=defaults.prefetch_batches)
-    parser.add_argument("--decode-threads", type=int, default=2, help="pool pipeline row")
+    parser.add_argument(
+        "--decode-threads", type=int, default=defaults.decode_threads, help="0: one per core"
+    )
     parser.add_argument("--runtime", default=defaults.runtime, choices=("auto", "keras", "onnx"))
     parser.add_argument("--model", type=Path, help="an artifact directory (default: MobileNetV2)")
     parser.add_argument("--sweep", action="store_true", help="pass rate per threads/prefetch/batch")
@@ -499,6 +508,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--sweep-prefetch", default="1,2", type=lambda s: [int(x) for x in s.split(",")]
+    )
+    parser.add_argument(
+        "--sweep-decode", default="1,2,3", type=lambda s: [int(x) for x in s.split(",")]
     )
     parser.add_argument(
         "--sweep-batch", default="16,32,64", type=lambda s: [int(x) for x in s.split(",")]

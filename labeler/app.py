@@ -37,6 +37,8 @@ def loader_config(settings: Settings) -> LoaderConfig:
         url_timeout=settings.url_timeout_seconds,
         max_bytes=settings.max_image_bytes,
         max_pixels=settings.max_image_pixels,
+        max_jpeg_scans=settings.max_jpeg_scans,
+        decode_seconds=settings.decode_seconds,
     )
 
 
@@ -51,6 +53,7 @@ def pass_config(settings: Settings, thresholds: Thresholds) -> PassConfig:
         thresholds=thresholds,
         loader=loader_config(settings),
         prefetch_batches=settings.prefetch_batches,
+        decode_threads=settings.decode_threads,
         group_disagreement=settings.group_disagreement,  # shelter fit
     )
 

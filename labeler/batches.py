@@ -7,9 +7,10 @@ fails on), and turn each answer into an :class:`~labeler.domain.Outcome`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -77,6 +78,10 @@ def _read_narrowing(
     return {**rows_a, **rows_b}, {**bad_a, **bad_b}
 
 
+# (model input or None, photo reference, failure reason or None)
+_Prepared = tuple["np.ndarray | None", "str | None", "str | None"]
+
+
 def prepare_batch(
     token: str,
     ids: Sequence[str],
@@ -86,41 +91,73 @@ def prepare_batch(
     loader: LoaderConfig,
     preprocessing: PreprocessingConfig,
     cancel: Callable[[], bool],
+    pool: Executor | None = None,
 ) -> PreparedBatch:
-    """Decode and preprocess the claimed photos; a photo that cannot be used fails alone.
-    When ``cancel`` turns true (shutting down) the batch ends where it is, to be released."""
+    """Fetch, decode and preprocess the claimed photos; a photo that cannot be used fails alone.
+
+    With a ``pool``, photos are prepared on its threads (Pillow's decoders and resampling and
+    network reads release the GIL, so they run side by side); results keep the claim order.
+    When ``cancel`` turns true (shutting down) the batch ends where it is, to be released.
+    """
     batch = PreparedBatch(token=token, rows=rows)
-    images: list[np.ndarray] = []
+    todo: list[tuple[str, Any]] = []
     for photo_id in ids:
         if photo_id in unreadable:
             batch.failures.append(Outcome(photo_id, PhotoStatus.FAILED, error=unreadable[photo_id]))
-            continue
-        if photo_id not in rows:
+        elif photo_id not in rows:
             batch.failures.append(Outcome(photo_id, PhotoStatus.GONE, error=GONE_REASON))
-            continue
-        value = rows[photo_id].image
-        ref: str | None = None
-        try:
-            image, kind = load_image(
-                value, loader, target_size=preprocessing.image_size, cancel=cancel
-            )
-            ref = reference_of(value, kind)
-            images.append(preprocess_image(image, preprocessing))
-        except Cancelled:
-            break
-        except ImageError as exc:
-            batch.failures.append(
-                Outcome(photo_id, PhotoStatus.FAILED, error=str(exc), photo_ref=ref)
-            )
-            continue
-        except Exception as exc:  # one photo must never stop the batch
-            batch.failures.append(Outcome(photo_id, PhotoStatus.FAILED, error=_photo_error(exc)))
-            continue
-        batch.ids.append(photo_id)
-        batch.refs[photo_id] = ref
+        else:
+            todo.append((photo_id, rows[photo_id].image))
+
+    def one(value: Any) -> _Prepared:
+        return _prepare_one(value, loader, preprocessing, cancel)
+
+    futures: list[Future[_Prepared]] = []
+    if pool is None or len(todo) < 2:
+        results: Iterator[_Prepared] = (one(value) for _, value in todo)
+    else:
+        futures = [pool.submit(one, value) for _, value in todo]
+        results = (future.result() for future in futures)
+    images: list[np.ndarray] = []
+    try:
+        for (photo_id, _), (image, ref, error) in zip(todo, results, strict=False):
+            if error is not None:
+                batch.failures.append(
+                    Outcome(photo_id, PhotoStatus.FAILED, error=error, photo_ref=ref)
+                )
+                continue
+            assert image is not None
+            images.append(image)
+            batch.ids.append(photo_id)
+            batch.refs[photo_id] = ref
+    except Cancelled:
+        pass  # the rest of the batch stays claimed, to be released
+    finally:
+        for future in futures:
+            future.cancel()  # those not started; started ones see `cancel` and stop
     if images:
         batch.inputs = finish_batch(np.stack(images), preprocessing)
     return batch
+
+
+def _prepare_one(
+    value: Any,
+    loader: LoaderConfig,
+    preprocessing: PreprocessingConfig,
+    cancel: Callable[[], bool],
+) -> _Prepared:
+    """One photo to the model's input, or the reason it cannot be used. Raises Cancelled."""
+    ref: str | None = None
+    try:
+        image, kind = load_image(value, loader, target_size=preprocessing.image_size, cancel=cancel)
+        ref = reference_of(value, kind)
+        return preprocess_image(image, preprocessing), ref, None
+    except Cancelled:
+        raise
+    except ImageError as exc:
+        return None, ref, str(exc)
+    except Exception as exc:  # one photo must never stop the batch
+        return None, None, _photo_error(exc)
 
 
 def _photo_error(exc: Exception) -> str:

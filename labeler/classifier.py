@@ -138,7 +138,8 @@ def load_keras_model(artifact: Artifact, threads: int = 0) -> Any:
         raise ArtifactError(
             f"{artifact.path}: TensorFlow/Keras is not installed, and the model has no ONNX "
             "version usable here (shipped in the artifact or in LABELER_RUNTIME_CACHE_DIR): "
-            "install TensorFlow, or convert the model once where it is installed"
+            "pip install 'labeler[keras]', or ship model.onnx in the artifact where TensorFlow "
+            "is installed (python -m training export-onnx DIR)"
         ) from exc
     if threads > 0:
         import tensorflow as tf

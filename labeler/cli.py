@@ -311,7 +311,12 @@ def cmd_classify(settings: Settings, args: argparse.Namespace) -> int:
         try:
             # Regular files only: a FIFO or a device would hang or read without end.
             data = read_photo_file(name, loader.max_bytes)
-            image = decode_image(data, loader.max_pixels, time_budget=loader.decode_seconds)
+            image = decode_image(
+                data,
+                loader.max_pixels,
+                time_budget=loader.decode_seconds,
+                max_scans=loader.max_jpeg_scans,
+            )
         except (OSError, ImageError) as exc:
             print(f"{name}: error: {exc}")
             status = EXIT_FAILED

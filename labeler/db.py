@@ -43,7 +43,25 @@ def make_engine(settings: Settings) -> Engine:
     if backend == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
+    if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg":
+        event.listen(engine, "do_execute", _binary_results)
     return engine
+
+
+# Execution option: ask the server for binary results (PostgreSQL with psycopg), for the
+# statement that reads photos.
+BINARY_RESULTS = "labeler_binary_results"
+
+
+def _binary_results(cursor: Any, statement: str, parameters: Any, context: Any) -> bool | None:
+    """PostgreSQL sends bytea as hex text unless the client asks for binary results: twice
+    the bytes, hex-encoded by the server and decoded here (a 2.5 MB photo: 11 ms, in binary
+    3.6 ms). Returning True tells SQLAlchemy the statement ran; errors, results and the
+    connection's state stay SQLAlchemy's."""
+    if context is None or not context.execution_options.get(BINARY_RESULTS):
+        return None
+    cursor.execute(statement, parameters, binary=True)
+    return True
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -56,10 +74,17 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# Execution option: this transaction only reads (see _sqlite_on_begin).
+READ_ONLY = "labeler_read_only"
+
+
 def _sqlite_on_begin(conn: Any) -> None:
     # SQLite allows one writer: take the write lock at BEGIN, so two labelers queue up
-    # instead of deadlocking when both try to upgrade a read lock.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # instead of deadlocking when both try to upgrade a read lock. A transaction that only
+    # reads (the photos of a batch: megabytes) needs no write lock, and with WAL it neither
+    # waits for writers nor holds them up.
+    read_only = conn.get_execution_options().get(READ_ONLY)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

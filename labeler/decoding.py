@@ -4,7 +4,10 @@ Serving (``labeler.fetching``) and training (``training.data``) both decode here
 looks the same to the model in both. Work is bounded three ways before and while decoding: the
 declared pixel count (decompression bombs), the number of JPEG scans (a small progressive JPEG
 with thousands of scans costs minutes), and a time budget checked between input chunks.
-JPEG photos larger than the model input are decoded at a reduced scale (DCT scaling).
+Formats whose decoder takes the whole file in one call (WebP, HEIF/AVIF, TIFF) cannot be stopped
+between chunks: they are decoded in a child process that is killed at the budget or on a stop
+request (``labeler.decode_worker``). JPEG photos larger than the model input are decoded at a
+reduced scale (DCT scaling).
 """
 
 from __future__ import annotations
@@ -25,9 +28,9 @@ from labeler.textsafe import storable_text
 
 # Real progressive JPEGs have about 10 scans (libjpeg's default script), sequential ones 1-3.
 # Each scan costs a pass over every block of the image, so the count bounds the work.
-MAX_JPEG_SCANS = 100
+MAX_JPEG_SCANS: int = setting_default("max_jpeg_scans")  # LABELER_MAX_JPEG_SCANS
 # Seconds one photo may take to decode; checked between input chunks (see _BudgetedInput).
-DECODE_SECONDS = 30.0
+DECODE_SECONDS: float = setting_default("decode_seconds")  # LABELER_DECODE_SECONDS
 # Input is fed to the decoder in chunks this large, so a budget or a stop request is noticed
 # after at most one chunk's work (Pillow's default is 64 KiB).
 _DECODE_CHUNK = 16 * 1024
@@ -36,6 +39,10 @@ _QUARTER_TURNS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 # The only formats Pillow may try: photo formats. Anything else (EPS, which runs Ghostscript;
 # formats without a magic number that random bytes can pass for) is refused unread.
 _PHOTO_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF", "HEIF", "AVIF")
+# Formats Pillow hands whole to a C decoder in one call (WebP, libheif, libavif, and libtiff for
+# every compressed TIFF), which no budget or stop request can interrupt in-process: they are
+# decoded in a child process that can be killed. The others stream through _BudgetedInput.
+ISOLATED_FORMATS = frozenset({"WEBP", "HEIF", "AVIF", "TIFF"})
 
 
 class ImageError(Exception):
@@ -202,6 +209,7 @@ def decode_image(
     cancel: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
     max_scans: int = MAX_JPEG_SCANS,
+    isolate: bool = True,
 ) -> np.ndarray:
     """Decode encoded bytes into an upright HxWx3 uint8 RGB array.
 
@@ -209,7 +217,9 @@ def decode_image(
     JPEG at least twice as large on both sides is decoded at 1/2, 1/4 or 1/8 scale, the
     smallest that still covers it once upright. ``time_budget`` seconds (``None``: no budget)
     and ``cancel`` are checked between input chunks; ``cancel`` returning true raises
-    :class:`Cancelled`.
+    :class:`Cancelled`. With ``isolate``, the formats in :data:`ISOLATED_FORMATS` are decoded
+    in a child process killed at the budget or on ``cancel`` (the budget then runs on the real
+    clock, not ``clock``); without, they are decoded here and cannot be interrupted.
     """
     if not data:
         raise ImageError("the image data is empty")
@@ -231,6 +241,10 @@ def decode_image(
             if width * height > max_pixels:
                 raise ImageError(
                     f"image declares {width}x{height} pixels, over the limit of {max_pixels}"
+                )
+            if isolate and image.format in ISOLATED_FORMATS:
+                return _decode_isolated(
+                    data, max_pixels, target_size, time_budget, max_scans, cancel
                 )
             image.seek(0)  # animated formats: the first frame
             drafted = _draft(image, target_size)
@@ -263,6 +277,27 @@ def decode_image(
         raise ImageError(
             f"image data is corrupt or truncated: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+def _decode_isolated(
+    data: bytes,
+    max_pixels: int,
+    target_size: tuple[int, int] | None,
+    time_budget: float | None,
+    max_scans: int,
+    cancel: Callable[[], bool] | None,
+) -> np.ndarray:
+    # Imported here: decode_worker imports this module (and the child imports it again).
+    from labeler.decode_worker import decode_isolated
+
+    return decode_isolated(
+        data,
+        max_pixels,
+        target_size=target_size,
+        time_budget=time_budget,
+        max_scans=max_scans,
+        cancel=cancel,
+    )
 
 
 def _draft(image: Image.Image, target_size: tuple[int, int] | None) -> bool:

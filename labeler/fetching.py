@@ -15,11 +15,15 @@ import errno
 import functools
 import http.client
 import io
+import ipaddress
 import json
 import os
 import re
+import selectors
 import socket
+import ssl
 import stat
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -32,7 +36,6 @@ from typing import Any
 import numpy as np
 
 from labeler.decoding import (
-    DECODE_SECONDS,
     SIGNATURE_BYTES,
     Cancelled,
     ImageError,
@@ -59,8 +62,13 @@ _MAX_REDIRECTS = 3
 _MAX_SYMLINKS = 40  # as Linux: more link expansions than this in one path is a loop
 _READ_CHUNK = 64 * 1024
 _PATH_PROBE_CHARS = 4096  # longer text is never tried as a file name
-# A blocking network read wakes at least this often, to notice a stop request.
-_POLL_SECONDS = 0.25
+# Every network wait (resolving, connecting, TLS, reading) wakes at least this often, to notice
+# a stop request.
+_POLL_SECONDS = 0.2
+# Host name lookups running at once. A lookup cannot be interrupted, so one that hangs keeps its
+# thread until the resolver gives up; this bounds how many such threads a broken resolver can
+# leave behind. A fetch that finds every slot taken waits within its own deadline.
+_RESOLVER_SLOTS = threading.BoundedSemaphore(8)
 
 
 @dataclass(frozen=True)
@@ -73,7 +81,8 @@ class LoaderConfig:
     url_timeout: float = setting_default("url_timeout_seconds")
     max_bytes: int = setting_default("max_image_bytes")
     max_pixels: int = setting_default("max_image_pixels")
-    decode_seconds: float = DECODE_SECONDS
+    decode_seconds: float = setting_default("decode_seconds")
+    max_jpeg_scans: int = setting_default("max_jpeg_scans")
 
 
 def load_image(
@@ -90,6 +99,7 @@ def load_image(
         config.max_pixels,
         target_size=target_size,
         time_budget=config.decode_seconds,
+        max_scans=config.max_jpeg_scans,
         cancel=cancel,
     )
     return image, kind
@@ -564,14 +574,30 @@ class _Deadline:
     def expired(self) -> ImageError:
         return ImageError(f"photo URL did not finish downloading within {self.total:g} s")
 
-    def check(self) -> float:
-        """Seconds left (never more than one step); raises once the fetch must stop."""
+    def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel():
             raise Cancelled("photo download stopped on request")
+
+    def check(self) -> float:
+        """Seconds left (never more than one step); raises once the fetch must stop."""
+        self.check_cancel()
         left = self.ends - self.clock()
         if left <= 0:
             raise self.expired()
         return min(self.step, left)
+
+    def wait_until(self, ends: float, attempt: Callable[[float], bool]) -> bool:
+        """Call ``attempt(seconds)`` (a wait of at most that long that says whether it is done)
+        in short slices until it is done (True) or ``ends`` or the deadline passes (False), so
+        that a stop request is noticed within one slice."""
+        ends = min(ends, self.ends)
+        while True:
+            self.check_cancel()
+            left = ends - self.clock()
+            if left <= 0:
+                return False
+            if attempt(max(0.001, min(left, _POLL_SECONDS))):
+                return True
 
     def recv_into(self, sock: socket.socket, buffer: Any) -> int:
         started = self.clock()
@@ -624,25 +650,157 @@ class _DeadlineSocket:
 
 
 class _GuardedHTTPConnection(http.client.HTTPConnection):
+    """Connects within the fetch's deadline: name lookup, TCP connect and a proxy's tunnel each
+    wait at most one step, and all of them notice a stop request within a slice."""
+
     def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline = deadline
 
     def connect(self) -> None:
-        self.timeout = self._deadline.check()  # TCP connect (and TLS) within what is left
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)
+        self.sock = _DeadlineSocket(self._open(), self._deadline)
+
+    def _open(self) -> socket.socket:
+        """What ``HTTPConnection.connect`` does, with every wait inside the deadline."""
+        source = getattr(self, "source_address", None)  # not in typeshed's stub
+        raw = _connect(self.host, self.port, self._deadline, source)
+        self.sock = raw  # from here on close() closes it, whatever fails next
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            if exc.errno != errno.ENOPROTOOPT:
+                raise
+        if getattr(self, "_tunnel_host", None):
+            # An https URL through a proxy: its answer to CONNECT is read within the deadline.
+            self.sock = _DeadlineSocket(raw, self._deadline)
+            self._tunnel()  # type: ignore[attr-defined]
+            self.sock = raw
+        return raw
 
 
-class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
-
+class _GuardedHTTPSConnection(_GuardedHTTPConnection, http.client.HTTPSConnection):
     def connect(self) -> None:
-        self.timeout = self._deadline.check()
-        super().connect()
-        self.sock = _DeadlineSocket(self.sock, self._deadline)
+        raw = self._open()
+        context: ssl.SSLContext = self._context  # type: ignore[attr-defined]
+        server_hostname = getattr(self, "_tunnel_host", None) or self.host
+        tls = context.wrap_socket(
+            raw, server_hostname=server_hostname, do_handshake_on_connect=False
+        )
+        self.sock = tls
+        _handshake(tls, self._deadline)
+        self.sock = _DeadlineSocket(tls, self._deadline)
+
+
+def _connect(
+    host: str, port: int, deadline: _Deadline, source_address: tuple[str, int] | None
+) -> socket.socket:
+    """``socket.create_connection`` within the deadline: each address in turn, as it does."""
+    errors: list[OSError] = []
+    for family, kind, proto, _, address in _resolve(host, port, deadline):
+        sock = socket.socket(family, kind, proto)
+        try:
+            if source_address:
+                sock.bind(source_address)
+            _connect_one(sock, address, deadline)
+        except OSError as exc:  # refused, unreachable or timed out: try the next address
+            sock.close()
+            errors.append(exc)
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(deadline.check())
+        return sock
+    if errors:
+        raise errors[0]
+    raise OSError(f"host {host} has no address")
+
+
+def _connect_one(sock: socket.socket, address: Any, deadline: _Deadline) -> None:
+    """A non-blocking connect, waited for in slices (a blocking one cannot be interrupted)."""
+    ends = deadline.clock() + deadline.check()
+    sock.setblocking(False)
+    code = sock.connect_ex(address)
+    if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+        raise OSError(code, os.strerror(code))
+    if code != 0:
+        with selectors.DefaultSelector() as selector:
+            selector.register(sock, selectors.EVENT_WRITE)
+            if not deadline.wait_until(ends, lambda seconds: bool(selector.select(seconds))):
+                raise TimeoutError("timed out")
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+
+
+def _handshake(tls: ssl.SSLSocket, deadline: _Deadline) -> None:
+    """The TLS handshake in slices; OpenSSL resumes it where a timed-out slice left it."""
+
+    def attempt(seconds: float) -> bool:
+        tls.settimeout(seconds)
+        try:
+            tls.do_handshake()
+        except TimeoutError:
+            return False
+        return True
+
+    if not deadline.wait_until(deadline.clock() + deadline.check(), attempt):
+        raise TimeoutError("TLS handshake timed out")
+
+
+class _Lookup:
+    """One ``getaddrinfo`` on a daemon thread, which may outlive the fetch if the resolver hangs."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.done = threading.Event()
+        self.addresses: list[Any] = []
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.addresses = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM)
+        except Exception as exc:  # raised again in the fetch (a bad IDNA name too)
+            self.error = exc
+        finally:
+            _RESOLVER_SLOTS.release()
+            self.done.set()
+
+
+def _resolve(host: str, port: int, deadline: _Deadline) -> list[Any]:
+    """The addresses of ``host``, looked up within the deadline (one step at most).
+
+    The allow-list was checked on the URL's host name before; this only finds where it is.
+    """
+    if _is_ip_address(host):  # no lookup: answered at once, without the resolver
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    limit = deadline.check()
+    ends = deadline.clock() + limit
+    if not deadline.wait_until(ends, lambda seconds: _RESOLVER_SLOTS.acquire(timeout=seconds)):
+        raise _unresolved(host, limit, " (earlier lookups are still waiting for the resolver)")
+    lookup = _Lookup(host, port)
+    try:
+        threading.Thread(target=lookup.run, name=f"resolve {host}", daemon=True).start()
+    except BaseException:
+        _RESOLVER_SLOTS.release()
+        raise
+    if not deadline.wait_until(ends, lookup.done.wait):
+        raise _unresolved(host, limit)
+    if lookup.error is not None:
+        raise lookup.error
+    return lookup.addresses
+
+
+def _unresolved(host: str, limit: float, why: str = "") -> ImageError:
+    return ImageError(f"could not resolve host {host} within {round(limit, 2):g} s{why}")
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 class _GuardedHTTPHandler(urllib.request.HTTPHandler):
@@ -710,7 +868,8 @@ def _check_url(url: str, config: LoaderConfig) -> None:
     if "@" in parts.netloc or "\\" in parts.netloc:
         # urllib and urlsplit disagree on such hosts: refuse rather than guess.
         raise ImageError("photo URL must not contain a user name, password or backslash")
-    host = (parts.hostname or "").lower()
+    # Fully qualified ("photos.example.org.") or not, it is one name: matched without the dot.
+    host = (parts.hostname or "").lower().rstrip(".")
     if not host:
         raise ImageError("photo URL has no host")
     if host not in config.allowed_hosts:

@@ -2,8 +2,9 @@
 write-back, batch by batch, against a :class:`~labeler.store.Store`. The per-batch stages are
 the functions of :mod:`labeler.batches`; this module orders them and owns the run.
 
-While the calling thread classifies and saves batch N, one worker thread claims, fetches,
-decodes and preprocesses batch N+1 (a future, ``prefetch_batches`` ahead). Each batch's results
+While the calling thread classifies and saves batch N, the next ``prefetch_batches`` batches
+are claimed, read and prepared on threads of their own (futures), their photos fetched,
+decoded and preprocessed on a decode pool of ``decode_threads``. Each batch's results
 are written in one transaction, so a crash leaves every row untouched (its claim then expires)
 or fully labelled.
 """
@@ -41,6 +42,7 @@ from labeler.fetching import LoaderConfig
 from labeler.grouping import SCORES_K
 from labeler.logging_setup import summary_fields
 from labeler.preprocessing import PreprocessingConfig
+from labeler.runtime import available_cores
 from labeler.settings import setting_default
 from labeler.store import Refused, SourceChanged, Store
 from labeler.writeback import GroupPolicy
@@ -88,6 +90,7 @@ class PassConfig:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     # batches prepared ahead of the one being classified
     prefetch_batches: int = setting_default("prefetch_batches")
+    decode_threads: int = setting_default("decode_threads")  # 0: one per core
     group_disagreement: float = setting_default("group_disagreement")  # shelter fit
 
 
@@ -166,6 +169,9 @@ class LabellingPass:
         self._claimed = 0
         # Set when the pass winds down early: the batch being prepared stops decoding.
         self._closing = False
+        self._decoders: ThreadPoolExecutor | None = None  # prepares a batch's photos
+        self._claiming = threading.Lock()
+        self._timing = threading.Lock()
         self._animals: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
 
@@ -239,10 +245,21 @@ class LabellingPass:
 
     def _label_all(self, summary: PassSummary) -> None:
         ahead: deque[Future[PreparedBatch | None]] = deque()
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="labeler-prefetch")
+        # Each batch ahead is prepared on its own thread: one reads its rows from the database
+        # while another's photos are being decoded on the decode pool.
+        pool = ThreadPoolExecutor(
+            max_workers=self.config.prefetch_batches, thread_name_prefix="labeler-prefetch"
+        )
+        threads = self.config.decode_threads or available_cores()
+        self._decoders = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="labeler-decode")
+            if threads > 1
+            else None
+        )
         t_start = time.monotonic()
         try:
             ahead.append(pool.submit(self._next_batch))
+            exhausted = False
             while ahead:
                 t_wait = time.monotonic()
                 # A preparation that failed raises here (it released its own claims). The
@@ -251,11 +268,13 @@ class LabellingPass:
                 ahead.popleft()
                 self._time("wait", t_wait)
                 if batch is None:
-                    break
+                    # Nothing (more) to claim; batches claimed beside this one still count.
+                    exhausted = True
+                    continue
                 if self.stop.is_set():
                     summary.released += self._release(batch.token)
                     break
-                while len(ahead) < self.config.prefetch_batches:
+                while not exhausted and len(ahead) < self.config.prefetch_batches:
                     ahead.append(pool.submit(self._next_batch))
                 try:
                     counts = self._classify_and_save(batch)
@@ -278,6 +297,8 @@ class LabellingPass:
                 if batch is not None:
                     summary.released += self._release(batch.token)
             pool.shutdown(wait=True)
+            if self._decoders is not None:
+                self._decoders.shutdown(wait=True)
 
     def _report_progress(self, summary: PassSummary, elapsed: float) -> None:
         rate = summary.processed / elapsed if elapsed > 0 else 0.0
@@ -305,25 +326,26 @@ class LabellingPass:
         """Claim and prepare the next batch; None when there is nothing (more) to do."""
         if self._cancelled():
             return None
-        limit = self.config.batch_size
-        if self.config.max_rows is not None:
-            limit = min(limit, self.config.max_rows - self._claimed)
-            if limit <= 0:
-                return None
         token = f"{self.worker}:{uuid.uuid4().hex[:16]}"
-        t_claim = time.monotonic()
-        ids = self.store.claim(
-            token,
-            run_id=self._run_id,
-            now=self.clock(),
-            ttl=self.config.claim_ttl,
-            limit=limit,
-            max_attempts=self.config.max_attempts,
-        )
-        self._time("claim", t_claim)  # database time: claim, read and save stages
+        with self._claiming:  # batches are prepared side by side: --max-rows holds for all
+            limit = self.config.batch_size
+            if self.config.max_rows is not None:
+                limit = min(limit, self.config.max_rows - self._claimed)
+                if limit <= 0:
+                    return None
+            t_claim = time.monotonic()
+            ids = self.store.claim(
+                token,
+                run_id=self._run_id,
+                now=self.clock(),
+                ttl=self.config.claim_ttl,
+                limit=limit,
+                max_attempts=self.config.max_attempts,
+            )
+            self._time("claim", t_claim)  # database time: claim, read and save stages
+            self._claimed += len(ids)
         if not ids:
             return None
-        self._claimed += len(ids)
         try:
             t_prepare = time.monotonic()
             rows, unreadable = read_rows(self._read, ids)
@@ -335,6 +357,7 @@ class LabellingPass:
                 loader=self.config.loader,
                 preprocessing=self.classifier.artifact.preprocessing,
                 cancel=self._cancelled,
+                pool=self._decoders,
             )
             self._time("prepare", t_prepare)
         except BaseException:
@@ -381,7 +404,9 @@ class LabellingPass:
         return counts
 
     def _time(self, stage: str, since: float) -> None:
-        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.monotonic() - since
+        spent = time.monotonic() - since
+        with self._timing:
+            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + spent
 
     # -- shelter fit: one answer per animal ------------------------------------------------
 

@@ -94,4 +94,3 @@ class RedactingFilter(logging.Filter):
             if name not in STANDARD_RECORD_ATTRS and isinstance(value, str):
                 setattr(record, name, redact(value, self.secrets))
         return True
-

@@ -17,7 +17,9 @@ from sqlalchemy import (
     ColumnElement,
     Insert,
     LargeBinary,
+    Text,
     and_,
+    bindparam,
     case,
     cast,
     collate,
@@ -37,7 +39,7 @@ from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
 from labeler.calibration import VersionCounts
-from labeler.db import is_transient, short_error
+from labeler.db import BINARY_RESULTS, is_transient, short_error
 from labeler.decision import CalibratedThreshold
 from labeler.domain import Outcome, Prediction, RunStatus, SaveCounts, SourceRow
 from labeler.schema import (
@@ -96,17 +98,41 @@ def _id_text(session: Session, value: Any) -> ColumnElement[Any]:
     return cast(value, SAString())
 
 
+def _is_text(column: Any) -> bool:
+    try:
+        return column.type.python_type is str
+    except NotImplementedError:
+        return False
+
+
+def _exact_text(session: Session, column: Any) -> ColumnElement[Any]:
+    """A text key as compared byte for byte, whatever the column's own collation: MariaDB's
+    default collation, PostgreSQL's citext or a nondeterministic collation, and SQLite's
+    COLLATE NOCASE would all match 'Rex-1' for 'rex-1' (and MariaDB 'Rex-1 ' too)."""
+    dialect = session.get_bind().dialect.name
+    if dialect in ("mysql", "mariadb"):
+        return _id_text(session, column)
+    if dialect == "postgresql":
+        return collate(cast(column, Text()), "C")
+    return collate(column, "BINARY")  # SQLite: an explicit COLLATE wins over the column's
+
+
 def _same_key(session: Session, column: Any, value: Any, text: str) -> list[ColumnElement[bool]]:
     """The source (or target) row whose key is exactly labeler's id ``text``: the plain
-    comparison (its index), and for a text key on MariaDB the exact one too, as a
-    case-insensitive column would also match 'Rex-1' for 'rex-1'."""
+    comparison (it uses the key's index), and for a text key the exact one too."""
     conditions: list[ColumnElement[bool]] = [column == value]
-    try:
-        is_text = column.type.python_type is str
-    except NotImplementedError:
-        is_text = False
-    if is_text and session.get_bind().dialect.name in ("mysql", "mariadb"):
-        conditions.append(_id_text(session, column) == text)
+    if _is_text(column):
+        conditions.append(_exact_text(session, column) == text)
+    return conditions
+
+
+def _same_keys(
+    session: Session, column: Any, values: Sequence[Any], texts: Sequence[str]
+) -> list[ColumnElement[bool]]:
+    """:func:`_same_key` for many keys at once (``values[i]`` is ``texts[i]`` as typed)."""
+    conditions: list[ColumnElement[bool]] = [column.in_(list(values))]
+    if _is_text(column):
+        conditions.append(_exact_text(session, column).in_(list(texts)))
     return conditions
 
 
@@ -307,11 +333,13 @@ def claim(
     ids = list(session.scalars(candidates))
     if not ids:
         return []
-    session.execute(
+    result = session.execute(
         update(photo)
         .where(photo.c.photo_id.in_(ids), eligible)
         .values(claimed_by=token, claim_expires_at=now + ttl)
     )
+    if result.rowcount == len(ids):  # type: ignore[attr-defined]
+        return ids  # every candidate taken: no need to ask which
     return list(session.scalars(select(photo.c.photo_id).where(photo.c.claimed_by == token)))
 
 
@@ -374,7 +402,12 @@ def _mb(size: int) -> str:
 def _stored_size(session: Session, value: ColumnElement[Any]) -> ColumnElement[int]:
     """The value's length in bytes, computed by the server (the value is not sent)."""
     if session.get_bind().dialect.name == "sqlite":
-        return func.length(cast(value, LargeBinary))  # length() of text counts characters
+        # length() of a BLOB is read from its header; of text it counts characters, so text
+        # is measured as bytes (a copy): base64 and hex columns hold text.
+        return case(
+            (func.typeof(value) == "blob", func.length(value)),
+            else_=func.length(cast(value, LargeBinary)),
+        )
     return func.octet_length(value)
 
 
@@ -390,7 +423,11 @@ def fetch_rows(
     (a dog re-filed as a cat), and is `gone`. With a ``limit``, the server measures each
     image value and sends only those within it, in the same statement (no race with a value
     growing in between): a larger one comes back as a row with no image and an ``error``
-    saying its size, so a batch never holds more than batch size x the limit."""
+    saying its size, so a batch never holds more than batch size x the limit.
+
+    Each row is keyed by its id as discovery wrote it, and matched exactly: a source id
+    column that ignores letter case would also answer 'Rex-1' for 'rex-1'. A group value
+    that grew longer than labeler's columns since discovery fails the photo (never cut)."""
     by_value = {source.id_value(pid): pid for pid in photo_ids if _convertible(source, pid)}
     if not by_value:
         return {}
@@ -399,20 +436,27 @@ def fetch_rows(
     if limit is not None:
         size = _stored_size(session, source.image)
         image = case((size <= limit.stored_max(), source.image), else_=None)
-    columns: list[Any] = [source.id, image, size]
+    columns: list[Any] = [_id_text(session, source.id), image, size]
     if source.group is not None:
-        columns.append(source.group)
-    columns += [source.table.c[c] for c in source.context_columns]
-    conditions = [source.id.in_(list(by_value)), *_source_filter(source, staff_breed=False)]
+        columns.append(_id_text(session, source.group))
+    columns += [_as_text(session, source.table.c[c]) for c in source.context_columns]
+    conditions = _same_keys(session, source.id, list(by_value), list(by_value.values()))
+    conditions += _source_filter(source, staff_breed=False)
     if source.group is not None:
         conditions.append(source.group.is_not(None))
+    wanted = set(by_value.values())
     out: dict[str, SourceRow] = {}
-    for row in session.execute(select(*columns).where(*conditions)):
-        key = by_value.get(row[0], str(row[0]))
+    statement = select(*columns).where(*conditions).execution_options(**{BINARY_RESULTS: True})
+    for row in session.execute(statement):
+        key = str(row[0])
+        if key not in wanted:
+            continue  # another id that the server's own comparison took for this one
         group_id = str(row[3]) if source.group is not None else None
         error = None
         if limit is not None and row[2] is not None and int(row[2]) > limit.stored_max():
             error = limit.reason(int(row[2]))
+        if group_id is not None and len(group_id) > ID_LENGTH:
+            error, group_id = long_group_reason(source, len(group_id)), None
         context = None
         if source.context_columns:
             first = 4 if source.group is not None else 3
@@ -424,6 +468,23 @@ def fetch_rows(
             context = storable("; ".join(parts), 1000)
         out.setdefault(key, SourceRow(row[1], group_id, context, error))
     return out
+
+
+def _as_text(session: Session, column: Any) -> ColumnElement[Any]:
+    """A context column as the server writes it, on PostgreSQL (read in binary, a type
+    psycopg has no binary loader for would come back as bytes)."""
+    if session.get_bind().dialect.name == "postgresql":
+        return cast(column, Text)
+    return column
+
+
+def long_group_reason(source: Source, length: int) -> str:
+    """Why a photo whose group value no longer fits labeler's columns is not labelled (the
+    same limit discovery refuses such rows by, see :class:`RefusedIds`)."""
+    return (
+        f"its group value is {length} characters, longer than {ID_LENGTH} "
+        f"(LABELER_SOURCE_GROUP_COLUMN {source.group_column}): not labelled"
+    )
 
 
 def _convertible(source: Source, photo_id: str) -> bool:
@@ -450,10 +511,12 @@ def save_outcomes(
 
     Each UPDATE is guarded by the claim token, by ``reviewed_breed IS NULL`` and by a status
     other than ``reviewed``: a result for a row whose claim was lost, or that staff reviewed
-    meanwhile (with or without a reviewed breed), changes nothing. Each row is saved inside its
-    own SAVEPOINT: a permanent database error on one row (a value its column cannot hold, a
-    write-back the source refuses) fails that row with the database's reason and the rest of
-    the batch is saved. Connection-level errors propagate, for the caller to retry.
+    meanwhile (with or without a reviewed breed), changes nothing. The batch is first saved
+    with one statement per shape of result (:func:`_save_at_once`); when that cannot account
+    for every row, each row is saved inside its own SAVEPOINT: a permanent database error on
+    one row (a value its column cannot hold, a write-back the source refuses) fails that row
+    with the database's reason and the rest of the batch is saved. Connection-level errors
+    propagate, for the caller to retry.
     """
     outcomes = list(outcomes)
     counts = {LABELLED: 0, NEEDS_REVIEW: 0, FAILED: 0, GONE: 0, "lost": 0}
@@ -468,21 +531,16 @@ def save_outcomes(
             )
         }
     touched: set[str] = set()
-    for outcome in outcomes:
-        try:
-            with session.begin_nested():
-                saved = _save_one(session, source, token, run_id, model_version, outcome, now)
-        except StatementError as exc:
-            if is_transient(exc):
-                raise
-            refused = Outcome(
-                outcome.photo_id,
-                FAILED,
-                error=f"the database refused this row's result: {short_error(exc)}",
-                photo_ref=outcome.photo_ref,
-            )
-            with session.begin_nested():
-                saved = _save_one(session, source, token, run_id, model_version, refused, now)
+    outcomes = [_fitting_group(source, o) for o in outcomes]
+    statuses = None
+    if not source.writeback_breed_column:
+        statuses = _save_at_once(session, token, run_id, model_version, outcomes, now)
+    if statuses is None:
+        statuses = [
+            _save_refusable(session, source, token, run_id, model_version, outcome, now)
+            for outcome in outcomes
+        ]
+    for outcome, saved in zip(outcomes, statuses, strict=True):
         counts[saved] += 1
         if saved != "lost":
             touched.update(g for g in (before.get(outcome.photo_id), outcome.group_id) if g)
@@ -508,6 +566,96 @@ def save_outcomes(
     )
 
 
+def _fitting_group(source: Source, outcome: Outcome) -> Outcome:
+    """The outcome, or its failure when the group value is longer than labeler's columns:
+    cut, it could become another animal's id (:func:`fetch_rows` already fails such rows)."""
+    if outcome.group_id is None or len(outcome.group_id) <= ID_LENGTH:
+        return outcome
+    reason = long_group_reason(source, len(outcome.group_id))
+    return Outcome(outcome.photo_id, FAILED, error=reason, photo_ref=outcome.photo_ref)
+
+
+def _save_at_once(
+    session: Session,
+    token: str,
+    run_id: int,
+    model_version: str,
+    outcomes: Sequence[Outcome],
+    now: datetime,
+) -> list[str] | None:
+    """Save the batch in one SAVEPOINT with one executemany per shape of result: a few round
+    trips instead of three per row (SAVEPOINT, UPDATE, RELEASE), which is most of a pass's
+    database time. None (nothing saved) when some row was refused or not updated (its claim
+    lost, staff reviewed it): the row-by-row path then finds which, and why."""
+    if len(outcomes) < 2 or not session.get_bind().dialect.supports_sane_multi_rowcount:
+        return None
+    # Rows with the same columns share one statement; values the database computes
+    # (attempts + 1) are part of the statement, the rest are bound per row.
+    shapes: dict[tuple[str, ...], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for outcome in outcomes:
+        values = _result_values(outcome, run_id, model_version, now)
+        computed = {k: v for k, v in values.items() if isinstance(v, ColumnElement)}
+        row = {f"v_{k}": v for k, v in values.items() if k not in computed}
+        shape = tuple(sorted(values)) + tuple(sorted(computed))
+        shapes.setdefault(shape, (computed, []))[1].append({"w_photo_id": outcome.photo_id, **row})
+    try:
+        with session.begin_nested() as savepoint:
+            updated = 0
+            for computed, rows in shapes.values():
+                bound: dict[str, Any] = {k[2:]: bindparam(k) for k in rows[0] if k.startswith("v_")}
+                statement = (
+                    update(photo)
+                    .where(*_still_ours(bindparam("w_photo_id"), token))
+                    .values({**bound, **computed})
+                )
+                result = session.execute(statement, rows)
+                updated += int(result.rowcount or 0)  # type: ignore[attr-defined]
+            if updated != len(outcomes):
+                savepoint.rollback()
+                return None
+    except StatementError as exc:
+        if is_transient(exc):
+            raise
+        return None  # the savepoint is rolled back; row by row names the refused row
+    return [o.status for o in outcomes]
+
+
+def _still_ours(photo_id: Any, token: str) -> tuple[ColumnElement[bool], ...]:
+    """A result is saved only while the claim holds and staff have not reviewed the row."""
+    return (
+        photo.c.photo_id == photo_id,
+        photo.c.claimed_by == token,
+        photo.c.reviewed_breed.is_(None),
+        photo.c.status != REVIEWED,
+    )
+
+
+def _save_refusable(
+    session: Session,
+    source: Source,
+    token: str,
+    run_id: int,
+    model_version: str,
+    outcome: Outcome,
+    now: datetime,
+) -> str:
+    """One row in its own SAVEPOINT; a permanent error fails the row with the reason."""
+    try:
+        with session.begin_nested():
+            return _save_one(session, source, token, run_id, model_version, outcome, now)
+    except StatementError as exc:
+        if is_transient(exc):
+            raise
+        refused = Outcome(
+            outcome.photo_id,
+            FAILED,
+            error=f"the database refused this row's result: {short_error(exc)}",
+            photo_ref=outcome.photo_ref,
+        )
+        with session.begin_nested():
+            return _save_one(session, source, token, run_id, model_version, refused, now)
+
+
 def _save_one(
     session: Session,
     source: Source,
@@ -517,6 +665,26 @@ def _save_one(
     outcome: Outcome,
     now: datetime,
 ) -> str:
+    values = _result_values(outcome, run_id, model_version, now)
+    previous_breed = None
+    if source.writeback_breed_column and outcome.status == LABELLED:
+        previous_breed = session.scalar(
+            select(photo.c.breed).where(photo.c.photo_id == outcome.photo_id)
+        )
+    result = session.execute(
+        update(photo).where(*_still_ours(outcome.photo_id, token)).values(**values)
+    )
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return "lost"
+    if outcome.status == LABELLED and outcome.prediction is not None:
+        _write_back(session, source, outcome, previous_breed)
+    return outcome.status
+
+
+def _result_values(
+    outcome: Outcome, run_id: int, model_version: str, now: datetime
+) -> dict[str, Any]:
+    """The photo row's new values for this outcome (the claim is given back)."""
     values: dict[str, Any] = {
         "status": outcome.status,
         "claimed_by": None,
@@ -527,7 +695,8 @@ def _save_one(
     if outcome.photo_ref is not None:
         values["photo_ref"] = storable(outcome.photo_ref, 1024)
     if outcome.group_id is not None:
-        values["group_id"] = storable(outcome.group_id, 255)
+        # Exactly as read, like discovery: cleaned or cut, it would name another animal.
+        values["group_id"] = outcome.group_id
     if outcome.context is not None:
         values["context"] = outcome.context
     if outcome.status == FAILED:
@@ -548,26 +717,7 @@ def _save_one(
             audit=int(outcome.audit),
             scores=outcome.scores,
         )
-    previous_breed = None
-    if source.writeback_breed_column and outcome.status == LABELLED:
-        previous_breed = session.scalar(
-            select(photo.c.breed).where(photo.c.photo_id == outcome.photo_id)
-        )
-    result = session.execute(
-        update(photo)
-        .where(
-            photo.c.photo_id == outcome.photo_id,
-            photo.c.claimed_by == token,
-            photo.c.reviewed_breed.is_(None),
-            photo.c.status != REVIEWED,
-        )
-        .values(**values)
-    )
-    if not result.rowcount:  # type: ignore[attr-defined]
-        return "lost"
-    if outcome.status == LABELLED and outcome.prediction is not None:
-        _write_back(session, source, outcome, previous_breed)
-    return outcome.status
+    return values
 
 
 def _prediction_columns(prediction: Prediction) -> dict[str, Any]:
@@ -1163,7 +1313,8 @@ def read_targets(
     out: dict[str, dict[str, str | None]] = {}
     columns = [target.table.c[c] for c in target.columns]
     for chunk in _chunks(list(by_key)):
-        rows = session.execute(select(target.key, *columns).where(target.key.in_(list(chunk))))
+        same = _same_keys(session, target.key, chunk, [by_key[k] for k in chunk])
+        rows = session.execute(select(target.key, *columns).where(*same))
         for row in rows:
             gid = by_key.get(row[0], as_text(row[0]) or "")
             out[gid] = {c: as_text(v) for c, v in zip(target.columns, row[1:], strict=True)}
@@ -1209,11 +1360,7 @@ def count_source_rows(session: Session, source: Source) -> tuple[int, int | None
     if not (source.filter_column and source.filter_values):
         return exact, None
     column = source.table.c[source.filter_column]
-    try:
-        is_text = column.type.python_type is str
-    except NotImplementedError:
-        is_text = False
-    if not is_text:
+    if not _is_text(column):
         return exact, None
     folded = func.lower(cast(column, SAString(255))).in_([v.lower() for v in source.filter_values])
     others = [source.id.is_not(None)]

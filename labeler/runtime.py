@@ -1,6 +1,7 @@
 """Inference runtimes: what runs the artifact's network on a preprocessed batch.
 
-Keras (``predict_on_batch``) always works. ONNX Runtime runs the same network about twice as
+Keras (``predict_on_batch``, with the ``keras`` extra) always works. ONNX Runtime (a base
+dependency) runs the same network about twice as
 fast on a CPU and without TensorFlow, so it is preferred when it is installed and its outputs
 match Keras. The ONNX model is either shipped in the artifact (``metadata.json`` section
 ``onnx``) or converted once from ``model.keras`` and cached outside the artifact, keyed by the
@@ -252,6 +253,37 @@ def export_onnx(
     }
 
 
+def ship_onnx(directory: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+    """Export an artifact's Keras model to ``model.onnx`` inside the artifact, with its check
+    file, and name them in ``metadata.json`` (section ``onnx``): serving then needs neither a
+    conversion at its first start nor TensorFlow. Needs TensorFlow, tf2onnx and onnxruntime.
+
+    Raises (and leaves the artifact as it was) when the export does not reproduce Keras."""
+    from labeler.artifact import METADATA_FILE, load_artifact
+    from labeler.classifier import load_keras_model
+
+    artifact = load_artifact(directory)
+    with tempfile.TemporaryDirectory(prefix=".onnx-", dir=artifact.path) as tmp:
+        section = export_onnx(
+            load_keras_model(artifact), Path(tmp), artifact.preprocessing, tolerance
+        )
+        for name in (ONNX_FILE, CHECK_FILE):
+            os.replace(Path(tmp) / name, artifact.path / name)
+    meta_path = artifact.path / METADATA_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["onnx"] = section
+    scratch = meta_path.with_suffix(".json.tmp")
+    scratch.write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    os.replace(scratch, meta_path)
+    log.info(
+        "%s: shipped %s (outputs match Keras within %.1g)",
+        artifact.path,
+        ONNX_FILE,
+        section["max_difference"],
+    )
+    return section
+
+
 # --- choosing the runtime --------------------------------------------------------------------
 
 
@@ -373,7 +405,7 @@ def _open_onnx(
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise OnnxRuntimeMissingError(
-            "onnxruntime is not installed (pip install 'labeler[onnx]')"
+            "onnxruntime is not installed (it is a dependency of labeler: reinstall it)"
         ) from exc
     companion = shipped_companion(artifact)
     if companion is None:

@@ -51,8 +51,7 @@ def _allowed_host(entry: str) -> str:
     host = entry.strip().lower()
     if "://" in host or "/" in host:
         raise ValueError(
-            f"url_allowed_hosts entry {entry!r} is a URL; list host names only "
-            "(photos.example.org)"
+            f"url_allowed_hosts entry {entry!r} is a URL; list host names only (photos.example.org)"
         )
     bracketed = re.fullmatch(r"\[([0-9a-f:.]+)\](:\d*)?", host)
     if bracketed:
@@ -76,7 +75,7 @@ def _allowed_host(entry: str) -> str:
         return host
     if not re.fullmatch(r"[a-z0-9]([a-z0-9\-.]*[a-z0-9])?\.?", host):
         raise ValueError(f"url_allowed_hosts entry {entry!r} is not a host name")
-    return host
+    return host.rstrip(".")  # "photos.example.org." is the same name, written fully qualified
 
 
 class Settings(BaseSettings):
@@ -109,6 +108,11 @@ class Settings(BaseSettings):
     # ops: upper bounds keep reads and buffers within index-sized integers (2 GiB, 2 Gpx).
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0, le=2**31)
     max_image_pixels: int = Field(default=50_000_000, gt=0, le=2**31)
+    # Work bounds of one decode (labeler.decoding): a JPEG with more scans is refused unread
+    # (photos have about 10; each scan is a pass over the whole image), and a decode that
+    # runs past the time budget is stopped and fails its row.
+    max_jpeg_scans: int = Field(default=100, ge=1, le=10_000)
+    decode_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     # --- the model and the decision ---------------------------------------------------------
     # model: the packaged default model, found wherever labeler is installed (labeler/_models).
@@ -163,6 +167,11 @@ class Settings(BaseSettings):
     # (`benchmarks/throughput.py --sweep`): 2 runtime threads beat 1 (144 vs 104 photos/s on
     # 320 px photos), prefetch 2 is as fast or a little faster than 1, batch 32 beats 16.
     prefetch_batches: int = Field(default=2, ge=1, le=16)
+    # Threads that fetch, decode and preprocess the photos of the batch being prepared;
+    # 0 = one per core. They run beside inference (Pillow releases the GIL while decoding).
+    # Measured on 2 cores (`throughput.py --sweep`, 2026-11-25): 1 / 2 / 3 decode threads gave
+    # 29 / 47 / 46 photos/s on 12 MP JPEGs and 154 / 177 / 162 on 320 px photos.
+    decode_threads: int = Field(default=0, ge=0, le=64)
 
     # --- the scheduler ----------------------------------------------------------------------
     schedule_cron: str = "0 2 * * *"
@@ -344,9 +353,7 @@ class Settings(BaseSettings):
             if missing:
                 raise ValueError(f"target_table is set, so {', '.join(missing)} must be set too")
         elif self.target_key_column or self.breed_map or self.target_undecided:
-            raise ValueError(
-                "target_key_column, breed_map and target_undecided need target_table"
-            )
+            raise ValueError("target_key_column, breed_map and target_undecided need target_table")
         if self.context_columns and not self.source_group_column:
             raise ValueError("context_columns needs source_group_column")
         return self

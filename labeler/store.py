@@ -19,7 +19,7 @@ from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labeler import repository as repo
-from labeler.db import RetryPolicy, is_transient, short_error, with_retries
+from labeler.db import READ_ONLY, RetryPolicy, is_transient, short_error, with_retries
 from labeler.domain import Outcome, SaveCounts, SourceRow
 from labeler.source import Source, SourceError
 from labeler.writeback import (
@@ -135,6 +135,10 @@ class SqlStore:
         image_limit: repo.ImageLimit | None = None,
     ) -> None:
         self.sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
+        # Transactions that only read: no write lock on SQLite (labeler.db.READ_ONLY).
+        self.read_sessions: sessionmaker[Session] = sessionmaker(
+            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
         self.source = source
         self.target = target
         self.retry = retry or RetryPolicy()
@@ -147,17 +151,25 @@ class SqlStore:
     def grouped(self) -> bool:
         return self.source.group_column is not None
 
-    def _tx(self, what: str, fn: Callable[[Session], T]) -> T:
+    def _tx(self, what: str, fn: Callable[[Session], T], *, read_only: bool = False) -> T:
+        sessions = self.read_sessions if read_only else self.sessions
+
         def action() -> T:
-            with self.sessions.begin() as session:
+            with sessions.begin() as session:
                 return fn(session)
 
         return with_retries(action, self.retry, self.stop, what)
 
-    def _refusable(self, what: str, fn: Callable[[Session], T], *errors: type[Exception]) -> T:
+    def _refusable(
+        self,
+        what: str,
+        fn: Callable[[Session], T],
+        *errors: type[Exception],
+        read_only: bool = False,
+    ) -> T:
         catch: tuple[type[Exception], ...] = (StatementError, *errors)
         try:
-            return self._tx(what, fn)
+            return self._tx(what, fn, read_only=read_only)
         except catch as exc:
             if is_transient(exc):
                 raise
@@ -235,6 +247,7 @@ class SqlStore:
         return self._refusable(
             "reading photos",
             lambda s: repo.fetch_rows(s, self.source, photo_ids, self.image_limit),
+            read_only=True,
         )
 
     def save_outcomes(

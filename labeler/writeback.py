@@ -432,7 +432,9 @@ class CheckFailed(Exception):
 
 def check_source_rows(session: Session, source: Any) -> str:
     """Count the rows the filter selects; fail at 0, warn when letter case decides a match
-    (MariaDB's default collation ignores case, PostgreSQL and SQLite do not)."""
+    (MariaDB's default collation ignores case, PostgreSQL and SQLite do not), and warn about
+    rows whose id or group value is too long for labeler's columns (discovery leaves them
+    out with the same warning)."""
     exact, _ = repo.count_source_rows(session, source)
     found = repo.filter_value_counts(session, source)
     wanted = set(source.filter_values)
@@ -449,7 +451,9 @@ def check_source_rows(session: Session, source: Any) -> str:
         raise CheckFailed(f"no source row matches the filter{case_note}")
     if exact == 0:
         return "the source has no rows yet (warning: nothing to label)"
-    warning = f" (warning{case_note})" if case_note else ""
+    too_long = repo.refused_ids(session, source).message(source)
+    notes = case_note + (f"; {too_long}" if too_long else "")
+    warning = f" (warning{notes})" if notes else ""
     return f"{exact} source rows match the filter{warning}"
 
 

@@ -22,10 +22,14 @@ from labeler.artifact import DEFAULT_MODEL_NAME, default_model_dir, load_artifac
 from labeler.settings import Settings
 from tests.helpers import FULLFRAME, REPO
 
-# Runs inside the installed copy: classify the 200 full-frame sample photos with the default
-# model through labeler's own decoding, classifier and decision rule.
+# Runs inside the installed copy, with an empty cache folder: classify the 200 full-frame sample
+# photos with the default model through labeler's own decoding, classifier and decision rule.
+# TensorFlow and Keras are blocked: the packaged model must serve from its shipped ONNX model,
+# as in a serving install without TensorFlow.
 _PROBE = """
 import json, sys
+for blocked in ("tensorflow", "keras", "tf2onnx"):
+    sys.modules[blocked] = None
 from pathlib import Path
 import labeler
 from labeler.artifact import default_model_dir
@@ -47,7 +51,8 @@ for i in range(0, len(paths), 25):
         truth = p.parent.name.partition("-")[2]
         auto = decide(pred, rule).status == LABELLED
         rows.append({"auto": auto, "right": pred.label == truth})
-print(json.dumps({"package": labeler.__file__, "model_dir": str(model_dir), "rows": rows}))
+print(json.dumps({"package": labeler.__file__, "model_dir": str(model_dir), "rows": rows,
+                  "runtime": clf.runtime.description}))
 """
 
 
@@ -95,7 +100,13 @@ def test_installed_package_labels_full_frames_with_its_default_model(tmp_path: P
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(site), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    assert (site / "labeler" / "_models" / DEFAULT_MODEL_NAME / "model.onnx").is_file()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(site),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "XDG_CACHE_HOME": str(tmp_path / "empty-cache"),
+    }
     env = {k: v for k, v in env.items() if not k.startswith("LABELER_")}
     probe = subprocess.run(
         [sys.executable, "-c", _PROBE, str(FULLFRAME)],
@@ -109,6 +120,7 @@ def test_installed_package_labels_full_frames_with_its_default_model(tmp_path: P
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     assert Path(result["package"]).is_relative_to(site)
     assert Path(result["model_dir"]) == site / "labeler" / "_models" / DEFAULT_MODEL_NAME
+    assert "from the artifact" in result["runtime"], result["runtime"]
     rows = result["rows"]
     assert len(rows) == 200
     auto = [r for r in rows if r["auto"]]

@@ -4,8 +4,11 @@ the test), and labeler.textsafe for the text they send back."""
 from __future__ import annotations
 
 import io
+import shutil
 import socket
 import socketserver
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -238,3 +241,237 @@ def test_hostile_reasons_are_storable_end_to_end(tmp_path: Path) -> None:
     assert message.startswith("photo file ") and "does not exist" in message
     assert message.isprintable()
     message.encode("utf-8")
+
+
+# --- name resolution, connecting and TLS within the deadline ---------------------------------
+
+BOUND = 10.0  # generous limit on a fetch that must end early, so that a failure cannot hang
+
+
+def bounded(fn: Callable[[], Any]) -> BaseException | None:
+    """Run ``fn`` on a thread and return what it raised (None if nothing); fail if it is still
+    running after BOUND seconds."""
+    raised: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the test to check
+            raised.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(BOUND)
+    assert not thread.is_alive(), f"the fetch was still running after {BOUND:g} s"
+    return raised[0] if raised else None
+
+
+@contextmanager
+def hanging_resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """``socket.getaddrinfo`` that blocks until the test ends; yields the hosts looked up."""
+    release = threading.Event()
+    looked_up: list[str] = []
+
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        looked_up.append(host)
+        release.wait(60)
+        raise socket.gaierror(socket.EAI_AGAIN, "the test resolver gave up")
+
+    without_proxies(monkeypatch)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    try:
+        yield looked_up
+        assert not release.is_set()  # the lookups were still hanging when the fetch ended
+    finally:
+        release.set()
+
+
+def named_host_config(host: str, timeout: float = URL_TIMEOUT) -> LoaderConfig:
+    return LoaderConfig(allowed_hosts=frozenset({host}), url_timeout=timeout)
+
+
+def stop_after(seconds: float) -> tuple[threading.Event, threading.Timer]:
+    stop = threading.Event()
+    timer = threading.Timer(seconds, stop.set)
+    timer.start()
+    return stop, timer
+
+
+def test_hanging_resolver_fails_the_photo_with_a_clear_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with hanging_resolver(monkeypatch) as looked_up:
+        raised = bounded(
+            lambda: load_bytes("http://photos.example/rex.jpg", named_host_config("photos.example"))
+        )
+    assert isinstance(raised, ImageError)
+    assert str(raised) == f"could not resolve host photos.example within {URL_TIMEOUT:g} s"
+    assert looked_up == ["photos.example"]
+
+
+def test_resolver_errors_are_still_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    def getaddrinfo(host: str, *args: Any, **kwargs: Any) -> Any:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    without_proxies(monkeypatch)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ImageError) as info:
+        load_bytes("http://nowhere.example/rex.jpg", named_host_config("nowhere.example"))
+    assert str(info.value) == "photo URL cannot be fetched: [Errno -2] Name or service not known"
+
+
+def test_host_outside_the_allow_list_is_refused_before_any_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with (
+        hanging_resolver(monkeypatch) as looked_up,
+        pytest.raises(ImageError, match="is not in the allow-list"),
+    ):
+        load_bytes("http://elsewhere.example/rex.jpg", named_host_config("photos.example"))
+    assert looked_up == []
+
+
+def test_stop_request_ends_a_hanging_lookup(monkeypatch: pytest.MonkeyPatch) -> None:
+    with hanging_resolver(monkeypatch) as looked_up:
+        stop, timer = stop_after(0.2)
+        try:
+            raised = bounded(  # the lookup alone could take 30 s, the deadline 60 s
+                lambda: load_bytes(
+                    "http://photos.example/rex.jpg",
+                    named_host_config("photos.example", timeout=30),
+                    cancel=stop.is_set,
+                )
+            )
+        finally:
+            timer.cancel()
+    assert isinstance(raised, Cancelled)
+    assert looked_up == ["photos.example"]
+
+
+@contextmanager
+def full_backlog() -> Iterator[int]:
+    """A port whose listener never accepts and whose backlog is full: Linux drops new SYNs, so
+    a connect to it stays pending (retrying) instead of completing or being refused."""
+    import selectors
+
+    with socket.socket() as listener, selectors.DefaultSelector() as selector:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers: list[socket.socket] = []
+        try:
+            for _ in range(8):
+                filler = socket.socket()
+                fillers.append(filler)
+                filler.setblocking(False)
+                filler.connect_ex(("127.0.0.1", port))
+                selector.register(filler, selectors.EVENT_WRITE)
+                pending = not selector.select(0.3)
+                selector.unregister(filler)
+                if pending:
+                    break
+            else:
+                pytest.fail("could not fill the listener's backlog")
+            yield port
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
+def test_stop_request_ends_a_pending_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_proxies(monkeypatch)
+    with full_backlog() as port:
+        stop, timer = stop_after(0.2)
+        try:
+            raised = bounded(  # the connect alone could take 30 s, the deadline 60 s
+                lambda: load_bytes(
+                    f"http://127.0.0.1:{port}/", config(timeout=30), cancel=stop.is_set
+                )
+            )
+        finally:
+            timer.cancel()
+    assert isinstance(raised, Cancelled)
+
+
+def test_pending_connect_times_out_per_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    without_proxies(monkeypatch)
+    with full_backlog() as port:
+        raised = bounded(lambda: load_bytes(f"http://127.0.0.1:{port}/", config()))
+    assert isinstance(raised, ImageError)
+    assert str(raised) == f"photo URL timed out (no answer within {URL_TIMEOUT:g} s)"
+
+
+def test_stop_request_ends_a_tls_handshake(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The connection completes in the kernel's backlog, but no server hello ever comes.
+    without_proxies(monkeypatch)
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        stop, timer = stop_after(0.2)
+        try:
+            raised = bounded(
+                lambda: load_bytes(
+                    f"https://127.0.0.1:{port}/", config(timeout=30), cancel=stop.is_set
+                )
+            )
+        finally:
+            timer.cancel()
+    assert isinstance(raised, Cancelled)
+
+
+def test_a_host_name_is_resolved_and_fetched(server: _Server) -> None:
+    # The real resolver: localhost may come first as ::1, where nothing listens, and then as
+    # 127.0.0.1, which must be tried next.
+    out, kind = load_image(f"http://localhost:{server.port}/ok", named_host_config("localhost"))
+    assert kind == "url" and out.shape == (4, 6, 3)
+
+
+class _TLSServer(_Server):
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__()
+        self.context = context
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, address = super().get_request()
+        return self.context.wrap_socket(sock, server_side=True), address
+
+
+@pytest.fixture
+def tls_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[_Server, ssl.SSLContext]]:
+    """A TLS server on 127.0.0.1 with a certificate for that address, and a client context
+    that trusts it (used wherever http.client makes its default context)."""
+    openssl = shutil.which("openssl")
+    assert openssl, "the openssl command is needed to make the test certificate"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"]
+    request += ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [openssl, *request, *files],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert, key)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    monkeypatch.setattr(ssl, "_create_default_https_context", lambda: client_context)
+    without_proxies(monkeypatch)
+    with serving_in_thread(_TLSServer(server_context)) as running:
+        yield running, client_context
+
+
+def test_https_fetch_works(tls_server: tuple[_Server, ssl.SSLContext]) -> None:
+    server, _ = tls_server
+    out, kind = load_image(f"https://127.0.0.1:{server.port}/ok", config())
+    assert kind == "url" and (out == (255, 0, 0)).all()
+
+
+def test_https_certificate_must_name_the_host(tls_server: tuple[_Server, ssl.SSLContext]) -> None:
+    server, _ = tls_server  # the certificate names 127.0.0.1, not localhost
+    with pytest.raises(ImageError) as info:
+        load_bytes(f"https://localhost:{server.port}/ok", named_host_config("localhost"))
+    assert "certificate verify failed" in str(info.value)

@@ -821,6 +821,24 @@ def test_url_from_allowed_host(server: _Server) -> None:
 
 
 @pytest.mark.parametrize(
+    ("url", "allowed"),
+    [
+        ("http://photos.example.org./a.jpg", "photos.example.org"),
+        ("http://PHOTOS.example.org/a.jpg", "photos.example.org."),
+    ],
+)
+def test_a_fully_qualified_host_is_the_same_host(url: str, allowed: str) -> None:
+    from labeler.fetching import _check_url
+    from labeler.settings import Settings
+
+    settings = Settings.model_validate({"database_url": "sqlite://", "url_allowed_hosts": allowed})
+    config = LoaderConfig(allowed_hosts=frozenset(settings.url_allowed_hosts))
+    _check_url(url, config)  # allowed: no exception
+    with pytest.raises(ImageError, match="not in the allow-list"):
+        _check_url("http://photos.example.org.evil.test/a.jpg", config)
+
+
+@pytest.mark.parametrize(
     "path", ["/redirect-ok", "/redirect-absolute", "/redirect-307"], ids=lambda p: p[1:]
 )
 def test_url_redirect_within_allowed_hosts(server: _Server, path: str) -> None:

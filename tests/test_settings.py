@@ -127,7 +127,7 @@ def test_log_records_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
         ("[2001:DB8::7]", "2001:db8::7"),
         ("::1", "::1"),
         ("192.0.2.10", "192.0.2.10"),
-        ("photos.example.org.", "photos.example.org."),
+        ("photos.example.org.", "photos.example.org"),  # fully qualified: the same name
     ],
 )
 def test_allowed_hosts_are_normalised_to_how_urls_are_matched(
@@ -137,9 +137,10 @@ def test_allowed_hosts_are_normalised_to_how_urls_are_matched(
 
     monkeypatch.setenv("LABELER_URL_ALLOWED_HOSTS", entry)
     assert load_settings().url_allowed_hosts == [expected]
-    # the form labeler.images compares against: urlsplit(url).hostname, lower-cased
+    # the form labeler.fetching compares against: urlsplit(url).hostname, lower-cased, without
+    # the final dot of a fully qualified name
     host = entry.lower() if entry.startswith("[") else f"[{entry}]" if ":" in entry else entry
-    assert (urlsplit(f"http://{host}:8080/a.jpg").hostname or "").lower() == expected
+    assert (urlsplit(f"http://{host}:8080/a.jpg").hostname or "").lower().rstrip(".") == expected
 
 
 def test_a_valid_time_zone_reaches_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,5 +253,10 @@ def test_runtime_objects_take_their_defaults_from_settings() -> None:
         default("max_image_bytes"),
         default("max_image_pixels"),
     )
+    assert (loader.max_jpeg_scans, loader.decode_seconds) == (
+        default("max_jpeg_scans"),
+        default("decode_seconds"),
+    )
+    assert run.decode_threads == default("decode_threads")
     with pytest.raises(KeyError, match="breed_table_columns has no plain default"):
         setting_default("breed_table_columns")

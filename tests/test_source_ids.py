@@ -10,16 +10,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import bindparam, create_engine, select, text
+from sqlalchemy.orm import Session
 
 from labeler import migrate
+from labeler import repository as repo
 from labeler.app import Service
 from labeler.cli import main
 from labeler.db import make_engine
 from labeler.schema import group, photo, run
 from labeler.settings import Settings
-from labeler.source import reflect_source
+from labeler.source import reflect_source, reflect_table
 from labeler.store import SqlStore
+from labeler.writeback import Target
 from tests.helpers import png_bytes
 
 NOW = datetime(2026, 11, 25, 3, 0, tzinfo=UTC).replace(tzinfo=None)
@@ -39,29 +42,56 @@ LONG_IDS = {PREFIX + "x": "Pet-A", PREFIX + "y": "Pet-A"}  # share a 255-charact
 LONG_GROUPS = {"G-1": "p" * 300, "G-2": "p" * 299}
 
 
-def _create_source(url: str, exotic: bool = False) -> None:
-    """A source whose text id column is not unique and, on MariaDB, has the server's default
-    case-insensitive collation. ``exotic``: on MariaDB a latin1 table (a charset other than
-    labeler's), on PostgreSQL a case-insensitive (nondeterministic ICU) collation."""
-    engine = create_engine(url)
-    options, collate = "", ""
-    if engine.dialect.name == "mysql":
-        charset = "latin1 COLLATE latin1_swedish_ci" if exotic else "utf8mb4 COLLATE "
-        options = " DEFAULT CHARSET " + (charset if exotic else charset + "utf8mb4_general_ci")
-    rows = {**FITTING, **LONG_IDS, **LONG_GROUPS}
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql" and exotic:
-            conn.execute(
-                text(
-                    "CREATE COLLATION pets_ci (provider = icu, locale = 'und-u-ks-level2', "
-                    "deterministic = false)"
-                )
-            )
-            collate = ' COLLATE "pets_ci"'
+# Key columns that ignore letter case, per server: SQLite's COLLATE NOCASE, PostgreSQL's
+# citext and a nondeterministic ICU collation, MariaDB's default collation (and a latin1 one).
+CASE_BLIND = [
+    ("sqlite", "nocase"),
+    ("postgresql", "icu"),
+    ("postgresql", "citext"),
+    ("mariadb", None),
+    ("mariadb", "latin1"),
+]
+
+
+def _key_type(conn: Any, collation: str | None, length: int = 300) -> str:
+    """The column type of a text key under ``collation`` (creating what it needs)."""
+    if collation == "citext":
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS citext"))
+        return "CITEXT"
+    if collation == "icu":
         conn.execute(
             text(
-                f"CREATE TABLE pets (id VARCHAR(300){collate} NOT NULL, "
-                f"pet VARCHAR(300){collate}, species VARCHAR(8), photo VARCHAR(400)){options}"
+                "CREATE COLLATION IF NOT EXISTS pets_ci (provider = icu, "
+                "locale = 'und-u-ks-level2', deterministic = false)"
+            )
+        )
+        return f'VARCHAR({length}) COLLATE "pets_ci"'
+    if collation == "nocase":
+        return f"VARCHAR({length}) COLLATE NOCASE"
+    return f"VARCHAR({length})"
+
+
+def _table_options(engine: Any, collation: str | None) -> str:
+    """MariaDB: the server's default case-insensitive collation, or a latin1 table."""
+    if engine.dialect.name != "mysql":
+        return ""
+    if collation == "latin1":
+        return " DEFAULT CHARSET latin1 COLLATE latin1_swedish_ci"
+    return " DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_general_ci"
+
+
+def _create_source(url: str, collation: str | None = None) -> None:
+    """A source whose text id column is not unique and, on MariaDB, has the server's default
+    case-insensitive collation; ``collation`` makes its id and group columns ignore case
+    (see CASE_BLIND)."""
+    engine = create_engine(url)
+    rows = {**FITTING, **LONG_IDS, **LONG_GROUPS}
+    with engine.begin() as conn:
+        key = _key_type(conn, collation)
+        conn.execute(
+            text(
+                f"CREATE TABLE pets (id {key} NOT NULL, pet {key}, species VARCHAR(8), "
+                f"photo VARCHAR(400)){_table_options(engine, collation)}"
             )
         )
         conn.execute(
@@ -135,13 +165,15 @@ def test_each_distinct_id_is_its_own_row_or_refused_loudly(
     engine.dispose()
 
 
+@pytest.mark.parametrize(("db_url", "collation"), CASE_BLIND, indirect=["db_url"])
 def test_ids_from_a_source_in_another_charset_or_collation(
-    server_db_url: str, caplog: pytest.LogCaptureFixture
+    db_url: str, collation: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """MariaDB: a latin1 source; PostgreSQL: a case-insensitive collation on the source's id
-    and group columns. No "Illegal mix of collations", and still one row per distinct id."""
-    _create_source(server_db_url, exotic=True)
-    store, engine, _ = _discover_twice(server_db_url, caplog)
+    """Source id and group columns that ignore letter case (or, on MariaDB, a latin1 table):
+    no "Illegal mix of collations", still one row per distinct id, and reading one id by its
+    key brings back that row only, not the ones equal to it in the column's collation."""
+    _create_source(db_url, collation)
+    store, engine, _ = _discover_twice(db_url, caplog)
     with engine.connect() as conn:
         assert dict(conn.execute(select(photo.c.photo_id, photo.c.group_id)).all()) == FITTING
         if engine.dialect.name == "mysql":
@@ -157,6 +189,11 @@ def test_ids_from_a_source_in_another_charset_or_collation(
             assert {c[2] for c in columns} == {"utf8mb4_nopad_bin"}, columns
     read = store.fetch_rows(list(FITTING))
     assert {pid: r.image for pid, r in read.items()} == {i: f"value of [{i}]" for i in FITTING}
+    for one in ("rex-1", "Rex-1", "Rex-1 ", "BÄR"):
+        read = store.fetch_rows([one])
+        assert {pid: (r.image, r.group_id) for pid, r in read.items()} == {
+            one: (f"value of [{one}]", FITTING[one])
+        }
     engine.dispose()
 
 
@@ -176,19 +213,26 @@ def test_without_a_group_column_only_long_ids_are_refused(db_url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.parametrize(
+    ("db_url", "collation"),
+    [("sqlite", None), ("postgresql", None), *CASE_BLIND],
+    indirect=["db_url"],
+)
 def test_write_back_reaches_only_the_row_with_exactly_that_id(
-    db_url: str, tiny_artifact: Path
+    db_url: str, collation: str | None, tiny_artifact: Path
 ) -> None:
-    """Photo-mode write-back on a case-insensitive source column (MariaDB's default): the
-    breed for 'rex-1' must not land on 'Rex-1'."""
+    """Photo-mode write-back on a source id column that ignores letter case (MariaDB's
+    default, SQLite NOCASE, PostgreSQL citext or a nondeterministic collation): the breed for
+    'rex-1' must not land on 'Rex-1'."""
     engine = create_engine(db_url)
     blob = {"postgresql": "BYTEA", "mysql": "LONGBLOB"}.get(engine.dialect.name, "BLOB")
     colours = {"Rex-1": (230, 20, 20), "rex-1": (20, 20, 230)}
     with engine.begin() as conn:
         conn.execute(
             text(
-                f"CREATE TABLE pets (id VARCHAR(50) NOT NULL, photo {blob}, "
-                "breed VARCHAR(128), breed_confidence FLOAT)"
+                f"CREATE TABLE pets (id {_key_type(conn, collation, 50)} NOT NULL, "
+                f"photo {blob}, breed VARCHAR(128), breed_confidence FLOAT)"
+                + _table_options(engine, collation)
             )
         )
         conn.execute(
@@ -218,3 +262,182 @@ def test_write_back_reaches_only_the_row_with_exactly_that_id(
     assert len(set(labelled.values())) == 2, labelled  # two different answers to tell apart
     assert written == labelled
     service.engine.dispose()
+
+
+# --- the animal's record: the write-back key (issue 10) ----------------------------------------
+
+TARGET_KEYS = {"Ab1": "Unknown", "ab1": "Unknown", "ab1 ": "Unknown", "AB1": "Poodle"}
+
+
+def _target(url: str, collation: str | None) -> tuple[Any, Target]:
+    """A shelter record table whose key column ignores letter case (and, on MariaDB, trailing
+    spaces), with labeler's write-back target on it: breed 'Unknown' means undecided."""
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        key = _key_type(conn, collation, 50)
+        conn.execute(
+            text(
+                f"CREATE TABLE animal (k {key} NOT NULL, breed VARCHAR(40))"
+                + _table_options(engine, collation)
+            )
+        )
+        conn.execute(
+            text("INSERT INTO animal (k, breed) VALUES (:k, :b)"),
+            [{"k": k, "b": b} for k, b in TARGET_KEYS.items()],
+        )
+        table = reflect_table(conn, "animal", "target", "LABELER_TARGET_TABLE")
+    target = Target(
+        table=table,
+        key_column="k",
+        columns=("breed",),
+        undecided={"breed": "Unknown"},
+        lookup=lambda label: {"breed": label},
+    )
+    return engine, target
+
+
+def _records(engine: Any) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT k, breed FROM animal")).all())
+
+
+@pytest.mark.parametrize(("db_url", "collation"), CASE_BLIND, indirect=["db_url"])
+def test_write_back_to_the_record_matches_its_key_exactly(
+    db_url: str, collation: str | None
+) -> None:
+    """Animals 'Ab1' and 'ab1' are two records: labeler's breed for one never reaches the
+    other (nor 'ab1 ', nor 'AB1'), and reading a record back reads that record only."""
+    engine, target = _target(db_url, collation)
+    with Session(engine) as session, session.begin():
+        assert repo.write_target(session, target, "ab1", {"breed": "Beagle"}, None) == 1
+    assert _records(engine) == {**TARGET_KEYS, "ab1": "Beagle"}
+    with Session(engine) as session, session.begin():
+        # Labeler's own earlier value is the guard: still exactly one record.
+        assert repo.write_target(session, target, "ab1", {"breed": "Boxer"}, {"breed": "Beagle"})
+        assert repo.write_target(session, target, "Ab1", {"breed": "Pug"}, None) == 1
+        # 'aB1' is no animal: nothing is written, though the column's collation matches four.
+        assert repo.write_target(session, target, "aB1", {"breed": "Pug"}, None) == 0
+        assert repo.try_write_target(session, target, "aB1", {"breed": "Pug"}) == 0
+    assert _records(engine) == {**TARGET_KEYS, "ab1": "Boxer", "Ab1": "Pug"}
+    with Session(engine) as session:
+        assert repo.read_targets(session, target, ["ab1", "AB1", "aB1"]) == {
+            "ab1": {"breed": "Boxer"},
+            "AB1": {"breed": "Poodle"},
+        }
+    with Session(engine) as session:
+        # `labeler check`'s trial write (rolled back): one record, the one with that key.
+        assert repo.try_write_target(session, target, "ab1 ", {"breed": "Pug"}) == 1
+        session.rollback()
+    engine.dispose()
+
+
+# --- `labeler check`, and a group value that grows after discovery -----------------------------
+
+
+def _check_line(capsys: pytest.CaptureFixture[str], name: str) -> str:
+    capsys.readouterr()
+    main(["check"])
+    lines = [line for line in capsys.readouterr().out.splitlines() if f" {name}: " in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_check_counts_ids_too_long_to_label(
+    db_url: str,
+    tiny_artifact: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`labeler check` warns, as discovery will, about ids and group values longer than
+    labeler's columns: how many, the limit and the setting."""
+    _create_source(db_url)
+    _store(db_url)[1].dispose()  # migrated
+    env = {
+        "LABELER_DATABASE_URL": db_url,
+        "LABELER_SOURCE_TABLE": "pets",
+        "LABELER_SOURCE_ID_COLUMN": "id",
+        "LABELER_SOURCE_IMAGE_COLUMN": "photo",
+        "LABELER_SOURCE_GROUP_COLUMN": "pet",
+        "LABELER_MODEL_DIR": str(tiny_artifact),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    line = _check_line(capsys, "source rows")
+    assert line.startswith("ok    source rows: 11 source rows match the filter (warning"), line
+    assert (
+        "2 source rows have an id longer than 255 characters (LABELER_SOURCE_ID_COLUMN id)" in line
+    )
+    assert (
+        "2 source rows have a group value longer than 255 characters "
+        "(LABELER_SOURCE_GROUP_COLUMN pet)" in line
+    ), line
+
+    monkeypatch.delenv("LABELER_SOURCE_GROUP_COLUMN")
+    line = _check_line(capsys, "source rows")
+    assert "id longer than 255" in line and "group value" not in line, line
+
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(
+            text("DELETE FROM pets WHERE id IN :ids").bindparams(bindparam("ids", expanding=True)),
+            {"ids": list(LONG_IDS)},
+        )
+    engine.dispose()
+    line = _check_line(capsys, "source rows")
+    assert line == "ok    source rows: 9 source rows match the filter", line
+
+
+def test_a_group_value_grown_too_long_fails_its_photo_and_is_never_cut(
+    server_db_url: str, tiny_artifact: Path
+) -> None:
+    """Staff lengthen an animal's id after discovery: its photo fails with the limit named,
+    keeps its animal as discovered, and no animal with a cut id appears."""
+    engine = create_engine(server_db_url)
+    blob = "BYTEA" if engine.dialect.name == "postgresql" else "LONGBLOB"
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"CREATE TABLE pets (id VARCHAR(20) NOT NULL, pet VARCHAR(400), photo {blob})")
+        )
+        conn.execute(
+            text("INSERT INTO pets (id, pet, photo) VALUES (:i, :p, :v)"),
+            [
+                {"i": "1", "p": "Pet-A", "v": png_bytes((230, 20, 20))},
+                {"i": "2", "p": "Pet-B", "v": png_bytes((20, 20, 230))},
+            ],
+        )
+    engine.dispose()
+    settings = Settings(
+        database_url=server_db_url,
+        source_table="pets",
+        source_id_column="id",
+        source_image_column="photo",
+        source_group_column="pet",
+        model_dir=tiny_artifact,
+        review_threshold=0.0,
+        review_margin=0.0,
+        audit_share=0.0,
+    )
+    service = Service.build(settings)
+    migrate.upgrade(service.engine)
+    store, store_engine = _store(server_db_url)
+    run_id = store.start_run(command="run-once", worker="test", model_version="v1", now=NOW)
+    assert store.discover(run_id, NOW) == 2
+    with service.engine.begin() as conn:
+        conn.execute(text("UPDATE pets SET pet = :p WHERE id = '2'"), {"p": "B" * 300})
+
+    read = store.fetch_rows(["1", "2"])
+    assert read["1"].group_id == "Pet-A" and read["1"].error is None
+    assert read["2"].group_id is None
+    reason = read["2"].error or ""
+    assert "300 characters, longer than 255 (LABELER_SOURCE_GROUP_COLUMN pet)" in reason
+
+    assert service.run_pass().status == "finished"
+    with service.engine.connect() as conn:
+        photos = {r.photo_id: r for r in conn.execute(select(photo))}
+        groups = set(conn.execute(select(group.c.group_id)).scalars())
+    assert photos["1"].status == "labelled"
+    assert photos["2"].status == "failed" and photos["2"].last_error == reason
+    assert photos["2"].group_id == "Pet-B"  # as discovered: never the cut "BBB..."
+    assert groups == {"Pet-A", "Pet-B"}
+    service.engine.dispose()
+    store_engine.dispose()

@@ -133,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta", type=_views, default=("identity",), help="test-time views: identity[,flip]"
     )
     _bool_flag(t, "plots", True, "write learning curves, confusion matrix, confused pairs")
+    _bool_flag(t, "onnx", True, "ship model.onnx in the artifact (needs the onnx extra)")
 
     s = sub.add_parser("sweep", help="rerun the study's comparisons on a subset")
     _data_args(s, max_classes=10, per_class=60)
@@ -153,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--backbone-image-size", type=parse_size, default=(96, 96))
     s.add_argument("--out", default="runs/sweep")
+
+    e = sub.add_parser(
+        "export-onnx", help="ship model.onnx (checked against Keras) inside existing artifacts"
+    )
+    e.add_argument("artifacts", nargs="+", help="artifact folders, e.g. models/mobilenetv2-dogs")
 
     z = sub.add_parser("zero-shot", help="an ImageNet classifier restricted to the dog classes")
     z.add_argument("--backbone", default="vgg16")
@@ -176,6 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "train":
         return _train(args)
+    if args.command == "export-onnx":
+        from labeler.runtime import ship_onnx
+
+        for directory in args.artifacts:
+            section = ship_onnx(directory)
+            print(f"{directory}: model.onnx matches Keras within {section['max_difference']:.1g}")
+        return 0
     if args.command == "sweep":
         from training.sweep import run_sweep
 
@@ -231,6 +244,7 @@ def _train(args: argparse.Namespace) -> int:
         reject_classes=args.reject_classes,
         tta=args.tta,
         plots=args.plots,
+        onnx=args.onnx,
     )
     result = run(cfg)
     m = result.metrics

@@ -161,6 +161,7 @@ class TrainConfig:
     tta: tuple[str, ...] = ("identity",)
     workers: int = field(default=2, metadata=cli())
     plots: bool = True
+    onnx: bool = True  # ship model.onnx in the artifact (labeler.runtime.ship_onnx)
 
     def preprocessing(self, whitening: Whitening | None = None) -> PreprocessingConfig:
         return PreprocessingConfig(
@@ -854,5 +855,20 @@ def write_artifact(result: TrainResult, fingerprint: str, kind: str) -> Path:
             "data": provenance(result, fingerprint),
         },
     )
+    if cfg.onnx:
+        ship_onnx_or_warn(out)
     log.info("artifact written to %s", out)
     return out
+
+
+def ship_onnx_or_warn(out: Path) -> None:
+    """The artifact stays usable without its ONNX model (serving converts it once), so a
+    missing converter or a failed export is a warning, not a failed training."""
+    from labeler.runtime import ship_onnx
+
+    try:
+        ship_onnx(out)
+    except ImportError as exc:
+        log.warning("no model.onnx shipped (install labeler[onnx] to ship one): %s", exc)
+    except Exception as exc:
+        log.warning("no model.onnx shipped: the export failed: %s: %s", type(exc).__name__, exc)

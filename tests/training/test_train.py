@@ -33,6 +33,7 @@ def _config(data: Path, tmp_path: Path, **kw: object) -> TrainConfig:
         "image_cache_dir": None,
         "feature_cache_dir": str(tmp_path / "cache"),
         "plots": False,
+        "onnx": False,  # shipping model.onnx costs a conversion: one test covers it
     }
     base.update(kw)
     return TrainConfig(**base)
@@ -53,9 +54,15 @@ def _assert_round_trip(result, tmp_path: Path) -> Classifier:  # type: ignore[no
 
 @pytest.mark.slow
 def test_baseline_run_writes_an_artifact_the_labeler_loads(tiny_data: Path, tmp_path: Path) -> None:
-    cfg = _config(tiny_data, tmp_path, grayscale=True, equalize=True, augment=True, plots=True)
+    cfg = _config(
+        tiny_data, tmp_path, grayscale=True, equalize=True, augment=True, plots=True, onnx=True
+    )
     result = run(cfg)
     clf = _assert_round_trip(result, tmp_path)
+    # The artifact ships its ONNX model, checked against Keras: serving starts without
+    # converting anything (and could run without TensorFlow).
+    assert clf.runtime_name == "onnxruntime"
+    assert "from the artifact" in clf.runtime.description
     art = load_artifact(result.artifact_path)
     assert art.kind == "baseline_cnn"
     assert art.labels == ("red_dog", "green_dog", "blue_dog")
