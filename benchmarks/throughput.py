@@ -315,7 +315,7 @@ def report(args: argparse.Namespace) -> None:
         made = time.perf_counter() - t0
         served = load_classifier(settings)  # the runtime the pass gets (converts once)
         config = served.artifact.preprocessing
-        decoders = args.decode_threads or available_cores()  # as the pass resolves 0
+        decoders = args.decode_threads or min(available_cores(), 8)  # as the pass resolves 0
         first = [prepare_photo(p, loader, config) for p in photos[SIZES[0]][: args.batch_size]]
         from labeler.preprocessing import finish_batch
 

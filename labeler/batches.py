@@ -113,13 +113,13 @@ def prepare_batch(
         return _prepare_one(value, loader, preprocessing, cancel)
 
     futures: list[Future[_Prepared]] = []
-    if pool is None or len(todo) < 2:
-        results: Iterator[_Prepared] = (one(value) for _, value in todo)
-    else:
-        futures = [pool.submit(one, value) for _, value in todo]
-        results = (future.result() for future in futures)
     images: list[np.ndarray] = []
     try:
+        if pool is None or len(todo) < 2:
+            results: Iterator[_Prepared] = (one(value) for _, value in todo)
+        else:
+            futures.extend(pool.submit(one, value) for _, value in todo)
+            results = (future.result() for future in futures)
         for (photo_id, _), (image, ref, error) in zip(todo, results, strict=False):
             if error is not None:
                 batch.failures.append(

@@ -31,7 +31,9 @@ def make_engine(settings: Settings) -> Engine:
     if backend == "sqlite":
         options.setdefault("connect_args", {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
     else:
-        options.setdefault("pool_size", 2)
+        # The pass's threads each hold a connection: the main one (save) and one per batch
+        # being prepared (claim, read).
+        options.setdefault("pool_size", settings.prefetch_batches + 1)
         options.setdefault("max_overflow", 2)
         options.setdefault("pool_recycle", 1800)
         if backend in ("postgresql", "mysql", "mariadb"):

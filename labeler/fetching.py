@@ -415,6 +415,15 @@ _WALK_FLAGS = (_O_PATH or (os.O_RDONLY | _O_NONBLOCK)) | _O_NOFOLLOW | _O_CLOEXE
 _READ_FLAGS = os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC
 
 
+def _path_hint(text: str) -> str:
+    """What a path that was never going to be found under the root looks like."""
+    if text.lower().startswith("file:"):
+        return " (a file: URL; store the path relative to LABELER_PHOTO_ROOT)"
+    if re.match(r"[A-Za-z]:[\\/]", text) or "\\" in text:
+        return " (a Windows path; store it relative to LABELER_PHOTO_ROOT, with / between folders)"
+    return ""
+
+
 def open_under_root(root: Path, relative: str) -> int:
     """Open the regular file ``relative`` names under ``root``; return a read-only fd.
 
@@ -472,7 +481,9 @@ def open_under_root(root: Path, relative: str) -> int:
             return read_fd
         raise ImageError(f"photo path {shown} is not a regular file")
     except (FileNotFoundError, NotADirectoryError) as exc:
-        raise ImageError(f"photo file {shown} does not exist under the photo root") from exc
+        raise ImageError(
+            f"photo file {shown} does not exist under the photo root{_path_hint(relative)}"
+        ) from exc
     except OSError as exc:
         if exc.errno == errno.ELOOP:  # the last component became a link after it was checked
             raise ImageError(f"photo file {shown} changed while it was being opened") from exc

@@ -50,6 +50,7 @@ from labeler.writeback import GroupPolicy
 __all__ = ["LabellingPass", "PassConfig", "PassSummary", "SourceChanged", "worker_name"]
 
 log = logging.getLogger("labeler.pass")
+MAX_DEFAULT_DECODERS = 8
 Clock = Callable[[], datetime]
 
 
@@ -105,7 +106,9 @@ class PassSummary:
     released: int = 0
     lost: int = 0
     seconds: float = 0.0
-    # Time spent per stage; prepare runs beside classify+save, so the sum can exceed `seconds`.
+    # Time spent per stage, summed over threads: batches are prepared (claim, read, prepare;
+    # prepare includes read) side by side and beside classify+save, so the sum can exceed
+    # `seconds`.
     stage_seconds: dict[str, float] = field(default_factory=dict)
     model_version: str = ""
     errors: list[str] = field(default_factory=list)
@@ -250,7 +253,8 @@ class LabellingPass:
         pool = ThreadPoolExecutor(
             max_workers=self.config.prefetch_batches, thread_name_prefix="labeler-prefetch"
         )
-        threads = self.config.decode_threads or available_cores()
+        # Unset, one per core, at most 8: each holds a decoded full-size photo in memory.
+        threads = self.config.decode_threads or min(available_cores(), MAX_DEFAULT_DECODERS)
         self._decoders = (
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="labeler-decode")
             if threads > 1

@@ -14,10 +14,16 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
+    Date,
+    DateTime,
     Insert,
+    Integer,
     LargeBinary,
+    Numeric,
     Text,
+    Time,
     and_,
     bindparam,
     case,
@@ -333,13 +339,12 @@ def claim(
     ids = list(session.scalars(candidates))
     if not ids:
         return []
-    result = session.execute(
+    session.execute(
         update(photo)
         .where(photo.c.photo_id.in_(ids), eligible)
         .values(claimed_by=token, claim_expires_at=now + ttl)
     )
-    if result.rowcount == len(ids):  # type: ignore[attr-defined]
-        return ids  # every candidate taken: no need to ask which
+    # Asked, not assumed: a claim retried after an ambiguous COMMIT finds its first rows too.
     return list(session.scalars(select(photo.c.photo_id).where(photo.c.claimed_by == token)))
 
 
@@ -471,11 +476,17 @@ def fetch_rows(
 
 
 def _as_text(session: Session, column: Any) -> ColumnElement[Any]:
-    """A context column as the server writes it, on PostgreSQL (read in binary, a type
-    psycopg has no binary loader for would come back as bytes)."""
-    if session.get_bind().dialect.name == "postgresql":
+    """A context column of a text-like or unknown type as text, on PostgreSQL: read in binary,
+    a type psycopg has no binary loader for (an enum, citext) would come back as bytes.
+    Numbers, booleans and dates keep the form they have on the other servers."""
+    if session.get_bind().dialect.name == "postgresql" and not isinstance(
+        column.type, _BINARY_SAFE
+    ):
         return cast(column, Text)
     return column
+
+
+_BINARY_SAFE = (Integer, Numeric, Boolean, Date, DateTime, Time)
 
 
 def long_group_reason(source: Source, length: int) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -135,12 +136,21 @@ class OnnxRuntime:
         return np.asarray(self.session.run([self._output.name], feed)[0])
 
 
-def available_cores() -> int:
-    """Cores this process may run on (a container's or taskset's share, not the machine's)."""
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity (taskset, cpuset), and a container's CPU
+    quota (cgroup v2 ``cpu.max``, e.g. ``docker run --cpus 2`` on a 64-core host), whichever
+    is smaller."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 here, or no limit
+        pass
+    return cores
 
 
 # --- the check: fixed inputs and the Keras probabilities for them ------------------------------

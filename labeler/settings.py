@@ -168,7 +168,8 @@ class Settings(BaseSettings):
     # 320 px photos), prefetch 2 is as fast or a little faster than 1, batch 32 beats 16.
     prefetch_batches: int = Field(default=2, ge=1, le=16)
     # Threads that fetch, decode and preprocess the photos of the batch being prepared;
-    # 0 = one per core. They run beside inference (Pillow releases the GIL while decoding).
+    # 0 = one per core (at most 8). They run beside inference (Pillow releases the GIL while
+    # decoding).
     # Measured on 2 cores (`throughput.py --sweep`, 2026-11-25): 1 / 2 / 3 decode threads gave
     # 29 / 47 / 46 photos/s on 12 MP JPEGs and 154 / 177 / 162 on 320 px photos.
     decode_threads: int = Field(default=0, ge=0, le=64)

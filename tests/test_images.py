@@ -621,6 +621,12 @@ def test_symlink_inside_root_is_allowed(photo_root: Path) -> None:
         ("rex.png/x.png", "photo file 'rex.png/x.png' does not exist under the photo root"),
         ("dangling.png", "photo file 'dangling.png' does not exist under the photo root"),
         ("rex.png\x00.txt", "photo path contains a NUL byte"),
+        ("sub\\rex.png", "photo file 'sub\\\\rex.png' does not exist under the photo root (a Wi"),
+        (
+            "C:\\photos\\rex.png",
+            "photo file 'C:\\\\photos\\\\rex.png' does not exist under the photo root (a Windows",
+        ),
+        ("file:///photos/rex.png", "photo URL scheme 'file' is not allowed"),
         ("sub", "photo path 'sub' is not a regular file"),
         ("fifo", "photo path 'fifo' is not a regular file"),
         ("loop1", "photo path 'loop1' cannot be resolved"),

@@ -25,17 +25,18 @@ def test_photos_are_read_in_binary_and_context_as_text(db_url: str) -> None:
     engine = make_engine(Settings(database_url=db_url))
     photo = os.urandom(300_000) + b"\x00\xff"
     with engine.begin() as conn:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS citext"))
         conn.execute(text("CREATE TYPE sex AS ENUM ('male', 'female')"))
         conn.execute(
             text(
                 "CREATE TABLE animals (id int PRIMARY KEY, pet text, photo bytea, name text, "
-                "sex sex, born date, weight numeric(5, 1))"
+                "sex sex, born date, weight numeric(5, 1), vaccinated boolean, nick citext)"
             )
         )
         conn.execute(
             text(
-                "INSERT INTO animals VALUES (1, 'a', :p, 'Rex', 'male', '2020-03-01', 12.5), "
-                "(2, 'b', :p, NULL, NULL, NULL, NULL)"
+                "INSERT INTO animals VALUES (1, 'a', :p, 'Rex', 'male', '2020-03-01', 12.5, true, "
+                "'Rexy'), (2, 'b', :p, NULL, NULL, NULL, NULL, NULL, NULL)"
             ),
             {"p": photo},
         )
@@ -44,7 +45,7 @@ def test_photos_are_read_in_binary_and_context_as_text(db_url: str) -> None:
         source_table="animals",
         source_image_column="photo",
         source_group_column="pet",
-        context_columns=["name", "sex", "born", "weight"],
+        context_columns=["name", "sex", "born", "weight", "vaccinated", "nick"],
     )
     with engine.connect() as conn:
         source = reflect_source(conn, settings)
@@ -63,7 +64,11 @@ def test_photos_are_read_in_binary_and_context_as_text(db_url: str) -> None:
     assert formats == [{1}]  # every column in binary (libpq's format code 1)
     assert rows["1"].image == photo and rows["2"].image == photo
     assert (rows["1"].group_id, rows["2"].group_id) == ("a", "b")
-    assert rows["1"].context == "name: Rex; sex: male; born: 2020-03-01; weight: 12.5"
+    # As on the other servers: Python's form for numbers, booleans and dates; enum and citext
+    # labels as text, not bytes.
+    assert rows["1"].context == (
+        "name: Rex; sex: male; born: 2020-03-01; weight: 12.5; vaccinated: True; nick: Rexy"
+    )
     assert rows["2"].context is None or rows["2"].context == ""
 
 

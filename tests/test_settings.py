@@ -260,3 +260,16 @@ def test_runtime_objects_take_their_defaults_from_settings() -> None:
     assert run.decode_threads == default("decode_threads")
     with pytest.raises(KeyError, match="breed_table_columns has no plain default"):
         setting_default("breed_table_columns")
+
+
+@pytest.mark.parametrize("prefetch", [1, 2, 6])
+def test_the_connection_pool_holds_every_thread_of_a_pass(prefetch: int) -> None:
+    """The main thread saves while each batch ahead claims and reads on its own thread: a
+    pool smaller than that would make a pass wait for connections, then fail."""
+    from labeler.db import make_engine
+    from labeler.settings import Settings
+
+    engine = make_engine(  # connects lazily: no server needed
+        Settings(database_url="postgresql+psycopg://u@127.0.0.1/x", prefetch_batches=prefetch)
+    )
+    assert engine.pool.size() >= prefetch + 1  # type: ignore[attr-defined]
