@@ -340,9 +340,9 @@ def report(args: argparse.Namespace) -> None:
             for backend in args.backends:
                 r[backend] = pass_rate(backend, pics, count, model, cache, args)
             results[size] = r
-        # Keras last: once TensorFlow has run a model, its thread pools stay in the process
-        # and take CPU from whatever runs next (a pass beside them lost a quarter of its
-        # 12 MP rate), and a labeler serving with ONNX Runtime never runs them.
+        # Keras last: once TensorFlow has run a model its thread pools stay in the process,
+        # and a labeler serving with ONNX Runtime never has them; the pass and pipeline rows
+        # above are measured without them.
         keras = Classifier.load(model, runtime="keras")
         if served.runtime_name != "keras":
             forward["keras"] = forward_rate(keras.runtime, batch, args.forward_seconds)

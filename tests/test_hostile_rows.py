@@ -192,7 +192,12 @@ def test_hostile_rows_fail_alone(db_url: str, tiny_artifact: Path) -> None:
         assert row.breed == prediction.label, pid
         assert row.confidence == pytest.approx(prediction.confidence, abs=1e-5)
         assert row.last_error is None and row.attempts == 0
-    assert state["11"].breed == state["12"].breed and state["11"].status == state["12"].status
+    # The same image in two rows: the same answer. Only the audit (drawn per photo id and
+    # model version, so it may pick one of the two) can send one of them to staff.
+    twins = state["11"], state["12"]
+    assert twins[0].breed == twins[1].breed
+    assert twins[0].confidence == pytest.approx(twins[1].confidence, abs=1e-5)
+    assert twins[0].status == twins[1].status or any(t.audit for t in twins)
     for pid, (_, reason) in HOSTILE.items():
         row = state[str(pid)]
         assert row.status == FAILED and row.attempts >= 1, pid  # == 1: checked at the end
