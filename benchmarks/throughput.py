@@ -301,7 +301,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def report(args: argparse.Namespace) -> None:
     from labeler.app import load_classifier, loader_config
     from labeler.classifier import Classifier
-    from labeler.runtime import available_cores
+    from labeler.labelling import decode_thread_count
 
     load = os.getloadavg()[0]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -315,7 +315,7 @@ def report(args: argparse.Namespace) -> None:
         made = time.perf_counter() - t0
         served = load_classifier(settings)  # the runtime the pass gets (converts once)
         config = served.artifact.preprocessing
-        decoders = args.decode_threads or min(available_cores(), 8)  # as the pass resolves 0
+        decoders = decode_thread_count(args.decode_threads)  # as the pass resolves 0
         first = [prepare_photo(p, loader, config) for p in photos[SIZES[0]][: args.batch_size]]
         from labeler.preprocessing import finish_batch
 

@@ -54,6 +54,12 @@ MAX_DEFAULT_DECODERS = 8
 Clock = Callable[[], datetime]
 
 
+def decode_thread_count(setting: int) -> int:
+    """LABELER_DECODE_THREADS as a pass uses it: unset (0), one per core, at most
+    MAX_DEFAULT_DECODERS, since each thread holds a decoded full-size photo in memory."""
+    return setting or min(available_cores(), MAX_DEFAULT_DECODERS)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}"
 
@@ -253,8 +259,7 @@ class LabellingPass:
         pool = ThreadPoolExecutor(
             max_workers=self.config.prefetch_batches, thread_name_prefix="labeler-prefetch"
         )
-        # Unset, one per core, at most 8: each holds a decoded full-size photo in memory.
-        threads = self.config.decode_threads or min(available_cores(), MAX_DEFAULT_DECODERS)
+        threads = decode_thread_count(self.config.decode_threads)
         self._decoders = (
             ThreadPoolExecutor(max_workers=threads, thread_name_prefix="labeler-decode")
             if threads > 1

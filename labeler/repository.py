@@ -586,6 +586,10 @@ def _fitting_group(source: Source, outcome: Outcome) -> Outcome:
     return Outcome(outcome.photo_id, FAILED, error=reason, photo_ref=outcome.photo_ref)
 
 
+# A batch's rows saved by one statement share these: (bound columns, computed columns).
+_Shape = tuple[tuple[str, ...], tuple[str, ...]]
+
+
 def _save_at_once(
     session: Session,
     token: str,
@@ -602,22 +606,22 @@ def _save_at_once(
         return None
     # Rows with the same columns share one statement; values the database computes
     # (attempts + 1) are part of the statement, the rest are bound per row.
-    shapes: dict[tuple[str, ...], tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    shapes: dict[_Shape, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
     for outcome in outcomes:
         values = _result_values(outcome, run_id, model_version, now)
         computed = {k: v for k, v in values.items() if isinstance(v, ColumnElement)}
-        row = {f"v_{k}": v for k, v in values.items() if k not in computed}
-        shape = tuple(sorted(values)) + tuple(sorted(computed))
-        shapes.setdefault(shape, (computed, []))[1].append({"w_photo_id": outcome.photo_id, **row})
+        bound = tuple(sorted(k for k in values if k not in computed))
+        row = {"w_photo_id": outcome.photo_id, **{f"v_{k}": values[k] for k in bound}}
+        shapes.setdefault((bound, tuple(sorted(computed))), (computed, []))[1].append(row)
     try:
         with session.begin_nested() as savepoint:
             updated = 0
-            for computed, rows in shapes.values():
-                bound: dict[str, Any] = {k[2:]: bindparam(k) for k in rows[0] if k.startswith("v_")}
+            for (bound, _), (computed, rows) in shapes.items():
+                new_values: dict[str, Any] = {k: bindparam(f"v_{k}") for k in bound} | computed
                 statement = (
                     update(photo)
                     .where(*_still_ours(bindparam("w_photo_id"), token))
-                    .values({**bound, **computed})
+                    .values(new_values)
                 )
                 result = session.execute(statement, rows)
                 updated += int(result.rowcount or 0)  # type: ignore[attr-defined]
