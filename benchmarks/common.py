@@ -56,9 +56,9 @@ def mobilenet_artifact(directory: Path) -> Path:
     """
     import keras
 
-    from labeler.artifact import save_artifact
-    from labeler.model_layers import ImagenetPreprocess
-    from labeler.preprocessing import PreprocessingConfig
+    from labeler.model.artifact import save_artifact
+    from labeler.model.keras_layers import ImagenetPreprocess
+    from labeler.model.preprocessing import PreprocessingConfig
     from tests.helpers import breed_names
 
     backbone = keras.applications.MobileNetV2(

@@ -20,7 +20,7 @@ from common import REPO, build_tiny_artifact, fresh_database
 from sqlalchemy import create_engine, func, select
 
 sys.path.insert(0, str(REPO))
-from labeler.schema import photo, run
+from labeler.store.schema import photo, run
 from tests.test_processes import labeler_env, seed
 
 

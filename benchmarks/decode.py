@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 from common import MOBILENET_WEIGHTS, REPO, phone_jpegs
 
-from labeler.decoding import decode_image
-from labeler.preprocessing import PreprocessingConfig, preprocess_image
+from labeler.model.preprocessing import PreprocessingConfig, preprocess_image
+from labeler.photos.decoding import decode_image
 from tests.helpers import SHARED
 
 SAMPLE = SHARED / "data" / "fullframe-sample"
@@ -71,8 +71,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def artifact_labeller(path: Path) -> tuple[str, PreprocessingConfig, Labeller]:
-    from labeler.classifier import Classifier
-    from labeler.preprocessing import finish_batch
+    from labeler.model.classifier import Classifier
+    from labeler.model.preprocessing import finish_batch
 
     clf = Classifier.load(path, runtime="keras")
     prep = clf.artifact.preprocessing

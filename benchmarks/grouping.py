@@ -1,4 +1,4 @@
-"""How to combine an animal's photos (labeler.grouping): per-animal top-1 of several rules.
+"""How to combine an animal's photos (labeler.decide.grouping): per-animal top-1 of several rules.
 
 A linear probe on ImageNet MobileNetV2 features (the shared weights) is trained on a few
 Stanford Dogs photos of the 10 breeds in the full-frame sample; its probabilities for the 200
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.classifier import Prediction
-from labeler.grouping import combine, parse_scores, scores_json
+from labeler.decide.grouping import combine, parse_scores, scores_json
+from labeler.model.classifier import Prediction
 from tests.helpers import FULLFRAME, SHARED
 
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_no_top.weights.h5"

@@ -2,7 +2,7 @@
 
 Runs the product's own path on every photo: labeler's decoding, the artifact's preprocessing,
 ``Classifier`` (runtime, test-time augmentation, temperature) and the decision rule
-(``labeler.decision``: threshold, margin, reject labels). Reports top-1, top-3, calibration
+(``labeler.decide.decision``: threshold, margin, reject labels). Reports top-1, top-3, calibration
 error (ECE), coverage (share auto-labelled) and precision of the auto-labels with a 95 %
 Wilson interval at the shipped rule, and the best coverage that a threshold chosen after the
 fact could reach at 95 % and 97 % precision.
@@ -31,11 +31,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from labeler.artifact import default_model_dir, load_artifact  # noqa: E402
-from labeler.classifier import Classifier, Prediction  # noqa: E402
-from labeler.decision import decide, resolve_thresholds  # noqa: E402
-from labeler.decoding import decode_image  # noqa: E402
-from labeler.schema import LABELLED  # noqa: E402
+from labeler.core.paths import default_model_dir  # noqa: E402
+from labeler.decide.decision import decide, resolve_thresholds  # noqa: E402
+from labeler.model.artifact import load_artifact  # noqa: E402
+from labeler.model.classifier import Classifier, Prediction  # noqa: E402
+from labeler.photos.decoding import decode_image  # noqa: E402
+from labeler.store.schema import LABELLED  # noqa: E402
 from training import calibration  # noqa: E402
 from training.data import IMAGE_SUFFIXES, discover, split_fingerprint, stratified_split  # noqa: E402
 

@@ -59,9 +59,9 @@ def main() -> None:
     parser.add_argument("--model", default="tiny", help="tiny | mobilenet")
     args = parser.parse_args()
 
-    from labeler import migrate
-    from labeler.app import Service
-    from labeler.settings import Settings
+    from labeler.config.settings import Settings
+    from labeler.service.app import Service
+    from labeler.store import migrate
 
     photos = cycle([p.read_bytes() for p in fullframe_photos()])
     with tempfile.TemporaryDirectory() as tmp, fresh_database(args.backend, Path(tmp)) as url:

@@ -50,7 +50,7 @@ SIZES = ("320 px", "12 MP")
 
 
 def settings_for(url: str, model: Path, cache: Path, args: argparse.Namespace) -> Any:
-    from labeler.settings import Settings
+    from labeler.config.settings import Settings
 
     return Settings.model_validate(
         {
@@ -74,8 +74,8 @@ def settings_for(url: str, model: Path, cache: Path, args: argparse.Namespace) -
 def prepare_photo(data: bytes, loader: Any, config: Any, reduced: bool = True) -> np.ndarray:
     """One stored photo to the model's input: decoded at the smallest scale that covers the
     model input (``reduced``, what the pass should do), or whole."""
-    from labeler.fetching import load_image
-    from labeler.preprocessing import preprocess_image
+    from labeler.model.preprocessing import preprocess_image
+    from labeler.photos.fetching import load_image
 
     image, _ = load_image(data, loader, target_size=config.image_size if reduced else None)
     return preprocess_image(image, config)
@@ -111,8 +111,8 @@ def prepare_inputs(
 ) -> np.ndarray:
     """A batch's model input from stored photos, through the pass's own ``prepare_batch``
     (with ``pool``: its decode pool, as the pass uses it)."""
-    from labeler.batches import prepare_batch
-    from labeler.domain import SourceRow
+    from labeler.core.domain import SourceRow
+    from labeler.labelling.batches import prepare_batch
 
     ids = [str(i) for i in range(len(values))]
     rows = {i: SourceRow(image=v) for i, v in zip(ids, values, strict=True)}
@@ -169,7 +169,7 @@ def pipeline_rate(
 
 def loop_rate(photos: list[bytes], count: int, keras_classifier: Any, loader: Any) -> float:
     """The study's program: decode, preprocess and predict one photo at a time, with Keras."""
-    from labeler.images import load_image
+    from labeler.photos.fetching import load_image
 
     def run() -> int:
         for i in range(count):
@@ -184,8 +184,8 @@ def loop_rate(photos: list[bytes], count: int, keras_classifier: Any, loader: An
 def pass_rate(
     backend: str, photos: list[bytes], rows: int, model: Path, cache: Path, args: Any
 ) -> dict[str, Any]:
-    from labeler import migrate
-    from labeler.app import Service
+    from labeler.service.app import Service
+    from labeler.store import migrate
 
     with tempfile.TemporaryDirectory() as tmp, fresh_database(backend, Path(tmp)) as url:
         service = Service.build(settings_for(url, model, cache, args))
@@ -213,7 +213,7 @@ def pass_rate(
 
 def rss_child(args: argparse.Namespace) -> None:
     """Run one pass over an already seeded database and print its peak RSS as JSON."""
-    from labeler.app import Service
+    from labeler.service.app import Service
 
     service = Service.build(settings_for(args.child_url, args.model, args.cache, args))
     before = peak_rss_mib()
@@ -235,9 +235,9 @@ def rss_child(args: argparse.Namespace) -> None:
 
 
 def rss_run(rows: int, model: Path, cache: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from labeler import migrate
-    from labeler.db import make_engine
-    from labeler.settings import Settings
+    from labeler.config.settings import Settings
+    from labeler.store import migrate
+    from labeler.store.engine import make_engine
 
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'rss.db'}"
@@ -261,7 +261,7 @@ def rss_report(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = mobilenet_artifact(Path(tmp) / "model") if args.model is None else args.model
         cache = Path(tmp) / "onnx-cache"
-        from labeler.app import load_classifier
+        from labeler.service.app import load_classifier
 
         load_classifier(settings_for("sqlite://", model, cache, args))  # convert once
         print_rss([rss_run(n, model, cache, args) for n in args.rss_rows if n > 0])
@@ -299,9 +299,9 @@ def fmt(value: float | None, digits: int = 1) -> str:
 
 
 def report(args: argparse.Namespace) -> None:
-    from labeler.app import load_classifier, loader_config
-    from labeler.classifier import Classifier
-    from labeler.labelling import decode_thread_count
+    from labeler.labelling.passes import decode_thread_count
+    from labeler.model.classifier import Classifier
+    from labeler.service.app import load_classifier, loader_config
 
     load = os.getloadavg()[0]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -317,7 +317,7 @@ def report(args: argparse.Namespace) -> None:
         config = served.artifact.preprocessing
         decoders = decode_thread_count(args.decode_threads)  # as the pass resolves 0
         first = [prepare_photo(p, loader, config) for p in photos[SIZES[0]][: args.batch_size]]
-        from labeler.preprocessing import finish_batch
+        from labeler.model.preprocessing import finish_batch
 
         batch = finish_batch(np.stack(first), config)
         forward = {served.runtime_name: forward_rate(served.runtime, batch, args.forward_seconds)}
@@ -427,7 +427,7 @@ def sweep(args: argparse.Namespace) -> None:
     """Pass rate (and CPU ms per photo, which other processes disturb less) for each
     inference thread count and prefetch depth at the default batch size, then for each batch
     size at the best of those."""
-    from labeler.app import load_classifier
+    from labeler.service.app import load_classifier
 
     print(f"# sweep, load average {os.getloadavg()[0]:.2f} at start, backend sqlite")
     with tempfile.TemporaryDirectory() as tmp:
@@ -478,7 +478,7 @@ def sweep(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    from labeler.settings import Settings
+    from labeler.config.settings import Settings
 
     defaults = Settings.model_validate({"database_url": "sqlite://"})
     parser = argparse.ArgumentParser(

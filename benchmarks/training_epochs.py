@@ -47,7 +47,7 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from labeler.preprocessing import PreprocessingConfig, finish_batch
+    from labeler.model.preprocessing import PreprocessingConfig, finish_batch
     from training.augment import build_augmentation
     from training.backbones import load_backbone
     from training.data import discover, load_images

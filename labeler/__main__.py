@@ -1,5 +1,5 @@
 import sys
 
-from labeler.cli import main
+from labeler.service.cli import main
 
 sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from labeler.schema import PREFIX, VERSION_TABLE, metadata
+from labeler.store.schema import PREFIX, VERSION_TABLE, metadata
 
 
 def include_object(obj, name, type_, reflected, compare_to):  # type: ignore[no-untyped-def]
@@ -34,8 +34,8 @@ def main() -> None:
         run(connection)
         return
     # Called by the plain `alembic` command: build the engine from the labeler's settings.
-    from labeler.db import make_engine
-    from labeler.settings import load_settings
+    from labeler.config.settings import load_settings
+    from labeler.store.engine import make_engine
 
     engine = make_engine(load_settings())
     with engine.connect() as conn:

@@ -8,5 +8,7 @@ echo "test.sh: ruff check ." >&2
 .venv/bin/ruff check .
 echo "test.sh: mypy" >&2
 .venv/bin/mypy
+echo "test.sh: lint-imports (the layers in pyproject.toml)" >&2
+.venv/bin/lint-imports
 bash scripts/start-databases.sh
 exec .venv/bin/python -m pytest "$@"

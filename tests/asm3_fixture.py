@@ -1,6 +1,6 @@
 """An ASM3-like shelter database with the real sample photos, on SQLite, PostgreSQL or MariaDB.
 
-The schema and seeding live in :mod:`labeler.demo_shelter` (the demo uses them too); this module
+The schema and seeding live in :mod:`labeler.demo.shelter` (the demo uses them too); this module
 picks the real photos from the shared data and builds a whole database in one call.
 
 API::
@@ -21,11 +21,11 @@ API::
     shelter.snapshot()             # {table: sorted rows} of species/breed/animal/media/dbfs
     shelter.animal(conn, animal_id)  # {"BreedID": ..., "BreedName": ...} whatever the server
 
-Staff actions, on a connection (labeler.demo_shelter): staff_sets_breed(conn, animal_id,
+Staff actions, on a connection (labeler.demo.shelter): staff_sets_breed(conn, animal_id,
 breed_id) (as ASM3's animal screen saves it), refile_species(conn, animal_id, CAT),
 delete_media(conn, media_id) (media + dbfs rows).
 
-Settings (see labeler.demo_shelter.labeler_settings; the same as docs/shelters/asm3.md, which
+Settings (see labeler.demo.shelter.labeler_settings; the same as docs/shelters/asm3.md, which
 tests/test_asm3_recipe.py checks): source view ``animal_photo`` (photo_id, animal_id, photo,
 species, animal_name, shelter_code, media_name), filter species = Dog, group by animal_id,
 context animal_name,shelter_code, target table ``animal`` keyed by ``ID`` (``id`` on PostgreSQL,
@@ -46,8 +46,8 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from labeler import demo_shelter
-from labeler.demo_shelter import Seeded
+from labeler.demo import shelter as demo_shelter
+from labeler.demo.shelter import Seeded
 from tests.helpers import FULLFRAME, require
 
 

@@ -1,7 +1,8 @@
-"""An in-memory :class:`labeler.store.Store` for unit tests of the pass (no database).
+"""An in-memory :class:`labeler.store.seam.Store` for unit tests of the pass (no database).
 
-It keeps the same contract as :class:`labeler.store.SqlStore`: one "transaction" per method,
-saves guarded by the claim token, transient errors retried with :func:`labeler.db.with_retries`
+It keeps the same contract as :class:`labeler.store.seam.SqlStore`: one "transaction" per method,
+saves guarded by the claim token, transient errors retried with
+:func:`labeler.store.engine.with_retries`
 (the pass's real retry policy, with no waiting). Faults are injected per method name:
 ``store.faults["claim"] = [transient(), None, RuntimeError("x")]`` makes the next three calls
 raise a transient error, succeed, then raise for good.
@@ -17,16 +18,16 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 
-from labeler.db import RetryPolicy, with_retries
-from labeler.domain import Outcome, PhotoStatus, RunStatus, SaveCounts, SourceRow
-from labeler.store import Refused
-from labeler.writeback import GroupPolicy
+from labeler.core.domain import Outcome, PhotoStatus, RunStatus, SaveCounts, SourceRow
+from labeler.store.engine import RetryPolicy, with_retries
+from labeler.store.seam import Refused
+from labeler.store.writeback import GroupPolicy
 
 T = TypeVar("T")
 
 
 def transient() -> OperationalError:
-    """An error :func:`labeler.db.is_transient` takes for a lost connection."""
+    """An error :func:`labeler.store.engine.is_transient` takes for a lost connection."""
     return OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
 
 

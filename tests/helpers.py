@@ -199,8 +199,8 @@ def build_tiny_artifact(directory: Path, labels: list[str] | None = None, size: 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from labeler.artifact import save_artifact
-    from labeler.preprocessing import PreprocessingConfig
+    from labeler.model.artifact import save_artifact
+    from labeler.model.preprocessing import PreprocessingConfig
 
     labels = labels or breed_names()
     inputs = keras.Input((size, size, 3))

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.artifact import ArtifactError, load_artifact, save_artifact
-from labeler.classifier import Classifier, calibrate
-from labeler.cli import main
-from labeler.images import decode_image
+from labeler.model.artifact import ArtifactError, load_artifact, save_artifact
+from labeler.model.classifier import Classifier, calibrate
+from labeler.photos.decoding import decode_image
+from labeler.service.cli import main
 from tests.helpers import FULLFRAME
 
 
@@ -98,7 +98,7 @@ def test_sane_temperatures_load(artifact_copy: Path, temperature: float) -> None
 def test_test_time_flip_averages_the_views(tmp_path: Path) -> None:
     import keras
 
-    from labeler.preprocessing import PreprocessingConfig
+    from labeler.model.preprocessing import PreprocessingConfig
 
     # Flatten + Dense sees where pixels are, so a mirrored photo gets other probabilities.
     inputs = keras.Input((8, 8, 3))

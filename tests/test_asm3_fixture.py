@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, text
 
-from labeler import demo_shelter
-from labeler.settings import Settings
-from labeler.source import reflect_source
+from labeler.config.settings import Settings
+from labeler.demo import shelter as demo_shelter
+from labeler.shelter.source import reflect_source
 from tests.asm3_fixture import build_asm3, sample_photos
 
 

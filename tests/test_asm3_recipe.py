@@ -15,12 +15,13 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import NullPool
 
-from labeler import demo_shelter, migrate
-from labeler.app import Service
-from labeler.breedmap import load_breed_map
-from labeler.cli import main
-from labeler.schema import LABELLED, NEEDS_REVIEW, REVIEWED, group
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.demo import shelter as demo_shelter
+from labeler.service.app import Service
+from labeler.service.cli import main
+from labeler.shelter.breedmap import load_breed_map
+from labeler.store import migrate
+from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, group
 from tests.asm3_fixture import sample_photos
 from tests.helpers import REPO
 

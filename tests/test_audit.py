@@ -10,16 +10,16 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text, update
 
-from labeler import migrate
-from labeler.artifact import load_artifact
-from labeler.audit import audit_draw, is_audit, should_audit
-from labeler.calibration import wilson_interval
-from labeler.classifier import Prediction
-from labeler.cli import main
-from labeler.db import make_engine
-from labeler.decision import AUDIT_REASON, Thresholds, decide
-from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, REVIEW_VIEW, photo
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.decide.audit import audit_draw, is_audit, should_audit
+from labeler.decide.decision import AUDIT_REASON, Thresholds, decide
+from labeler.decide.thresholds import wilson_interval
+from labeler.model.artifact import load_artifact
+from labeler.model.classifier import Prediction
+from labeler.service.cli import main
+from labeler.store import migrate
+from labeler.store.engine import make_engine
+from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, REVIEW_VIEW, photo
 from tests.helpers import create_photos, png_bytes
 
 # --- the draw ---------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
-from labeler import demo_shelter
-from labeler.breedmap import (
+from labeler.config.settings import Settings
+from labeler.demo import shelter as demo_shelter
+from labeler.shelter.breedmap import (
     NOT_BREEDS,
     BreedMap,
     BreedMapError,
@@ -22,8 +23,7 @@ from labeler.breedmap import (
     load_breed_map,
     model_labels,
 )
-from labeler.repository import breed_table_rows
-from labeler.settings import Settings
+from labeler.shelter.tables import breed_table_rows
 from tests.helpers import REPO, breed_names
 
 LABELS = ["beagle", "golden_retriever", "toy_poodle", "standard_poodle", "dingo"]
@@ -248,7 +248,7 @@ def test_labeler_check_compares_the_map_with_the_breed_table(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from labeler.cli import main
+    from labeler.service.cli import main
     from tests.asm3_fixture import build_asm3
 
     shelter = build_asm3(db_url, tmp_path, per_breed=1)

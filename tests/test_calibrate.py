@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from labeler import migrate
-from labeler.app import Service
-from labeler.artifact import load_artifact
-from labeler.calibration import (
+from labeler.config.settings import Settings
+from labeler.decide.thresholds import (
     CONFIDENT,
     DOUBTFUL,
     CalibrationRefused,
@@ -24,10 +22,12 @@ from labeler.calibration import (
     sequence_start_size,
     wilson_interval,
 )
-from labeler.cli import main
-from labeler.db import make_engine
-from labeler.schema import LABELLED, NEEDS_REVIEW, REVIEWED, photo, threshold
-from labeler.settings import Settings
+from labeler.model.artifact import load_artifact
+from labeler.service.app import Service
+from labeler.service.cli import main
+from labeler.store import migrate
+from labeler.store.engine import make_engine
+from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, photo, threshold
 from tests.helpers import create_photos, png_bytes
 
 # --- statistics -------------------------------------------------------------------------------

@@ -8,11 +8,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from labeler import migrate
-from labeler.app import Service
-from labeler.classifier import Classifier
-from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, photo, run
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.model.classifier import Classifier
+from labeler.service.app import Service
+from labeler.store import migrate
+from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, photo, run
 from tests.helpers import create_photos, png_bytes
 
 

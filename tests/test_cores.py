@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from labeler.runtime import available_cores
+from labeler.model.runtime import available_cores
 
 AFFINITY = len(os.sched_getaffinity(0))
 

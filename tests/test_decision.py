@@ -8,9 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.artifact import load_artifact
-from labeler.classifier import Prediction, calibrate, top_k
-from labeler.decision import (
+from labeler.decide.decision import (
     AUDIT_REASON,
     SOURCE_ARTIFACT,
     SOURCE_SETTING,
@@ -20,7 +18,9 @@ from labeler.decision import (
     decide_with_audit,
     resolve_thresholds,
 )
-from labeler.schema import LABELLED, NEEDS_REVIEW
+from labeler.model.artifact import load_artifact
+from labeler.model.classifier import Prediction, calibrate, top_k
+from labeler.store.schema import LABELLED, NEEDS_REVIEW
 
 
 def prediction(*pairs: tuple[str, float]) -> Prediction:

@@ -1,4 +1,4 @@
-"""labeler.decoding: bounded work (scan count, time budget, stop requests) and reduced-scale
+"""labeler.photos.decoding: bounded work (scan count, time budget, stop requests) and reduced-scale
 JPEG decoding. Every hostile input is generated here."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from labeler.decoding import (
+from labeler.model.preprocessing import resize
+from labeler.photos.decoding import (
     MAX_JPEG_SCANS,
     SIGNATURES,
     Cancelled,
@@ -24,7 +25,6 @@ from labeler.decoding import (
     image_format,
     jpeg_scan_count,
 )
-from labeler.preprocessing import resize
 
 RED = (255, 0, 0)
 

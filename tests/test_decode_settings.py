@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labeler.app import loader_config
-from labeler.decoding import ImageError
-from labeler.fetching import load_image
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.photos.decoding import ImageError
+from labeler.photos.fetching import load_image
+from labeler.service.app import loader_config
 
 
 def progressive_jpeg() -> bytes:

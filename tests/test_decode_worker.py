@@ -1,4 +1,5 @@
-"""labeler.decode_worker: WebP, HEIF/AVIF and TIFF decode in a child process that is killed at
+"""labeler.photos.decode_worker: WebP, HEIF/AVIF and TIFF decode in a child process that is killed
+at
 the time budget or on a stop request, and whose crash fails only the photo. Every image is
 generated here; slow and crashing decoders are stand-ins run in the child (``scripted_decode``).
 """
@@ -16,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labeler import decode_worker
-from labeler.decode_worker import DecodeWorker, WorkerPool, decode_in_child
-from labeler.decoding import ISOLATED_FORMATS, Cancelled, ImageError, decode_image
+from labeler.photos import decode_worker
+from labeler.photos.decode_worker import DecodeWorker, WorkerPool, decode_in_child
+from labeler.photos.decoding import ISOLATED_FORMATS, Cancelled, ImageError, decode_image
 
 MAX_PIXELS = 50_000_000
 SLOW, CRASH, WHO = b"slow", b"crash", b"who"

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from labeler.artifact import DEFAULT_MODEL_NAME, default_model_dir, load_artifact
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.core.paths import DEFAULT_MODEL_NAME, default_model_dir
+from labeler.model.artifact import load_artifact
 from tests.helpers import FULLFRAME, REPO
 
 # Runs inside the installed copy, with an empty cache folder: classify the 200 full-frame sample
@@ -32,11 +33,11 @@ for blocked in ("tensorflow", "keras", "tf2onnx"):
     sys.modules[blocked] = None
 from pathlib import Path
 import labeler
-from labeler.artifact import default_model_dir
-from labeler.classifier import Classifier
-from labeler.decision import decide, resolve_thresholds
-from labeler.decoding import decode_image
-from labeler.schema import LABELLED
+from labeler.core.paths import default_model_dir
+from labeler.model.classifier import Classifier
+from labeler.decide.decision import decide, resolve_thresholds
+from labeler.photos.decoding import decode_image
+from labeler.store.schema import LABELLED
 
 photos = Path(sys.argv[1])
 model_dir = default_model_dir()

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text
 
-from labeler import demo, demo_shelter
-from labeler.breedmap import load_breed_map
-from labeler.schema import GONE, LABELLED, NEEDS_REVIEW, REVIEWED, group, photo
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.demo import runner as demo
+from labeler.demo import shelter as demo_shelter
+from labeler.shelter.breedmap import load_breed_map
+from labeler.store.schema import GONE, LABELLED, NEEDS_REVIEW, REVIEWED, group, photo
 from tests.helpers import FULLFRAME, REPO
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text
 
-from labeler import migrate
-from labeler.app import Service
-from labeler.audit import is_audit
-from labeler.decision import decide_with_audit
-from labeler.decoding import decode_image
-from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, REVIEW_VIEW, photo, run
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.decide.audit import is_audit
+from labeler.decide.decision import decide_with_audit
+from labeler.photos.decoding import decode_image
+from labeler.service.app import Service
+from labeler.store import migrate
+from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, REVIEW_VIEW, photo, run
 from tests.helpers import FULLFRAME, create_photos, encode, fullframe_photos
 
 # Rows that must fail, with a word their recorded reason must contain.

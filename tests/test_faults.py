@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
-from labeler.schema import LABELLED, NEEDS_REVIEW, photo, run
+from labeler.store.schema import LABELLED, NEEDS_REVIEW, photo, run
 from tests.helpers import REPO
 from tests.test_processes import labeler_env, seed, spawn
 from tests.test_service_lifecycle import wait_for

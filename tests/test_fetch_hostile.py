@@ -1,5 +1,5 @@
-"""labeler.fetching against servers that misbehave before the body (one runs on 127.0.0.1 in
-the test), and labeler.textsafe for the text they send back."""
+"""labeler.photos.fetching against servers that misbehave before the body (one runs on 127.0.0.1 in
+the test), and labeler.core.textsafe for the text they send back."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from labeler.decoding import Cancelled, ImageError
-from labeler.fetching import LoaderConfig, load_bytes, load_image
-from labeler.textsafe import storable_text
+from labeler.core.textsafe import storable_text
+from labeler.photos.decoding import Cancelled, ImageError
+from labeler.photos.fetching import LoaderConfig, load_bytes, load_image
 from tests.helpers import serving_in_thread, without_proxies
 
 URL_TIMEOUT = 0.5  # each network wait; the whole fetch gets twice this

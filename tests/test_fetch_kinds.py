@@ -1,4 +1,4 @@
-"""labeler.fetching: ``auto`` detection by what decodes to an image, confinement to the photo
+"""labeler.photos.fetching: ``auto`` detection by what decodes to an image, confinement to the photo
 root under a symlink race, and files that are not regular files."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labeler.decoding import ImageError
-from labeler.fetching import (
+from labeler.photos.decoding import ImageError
+from labeler.photos.fetching import (
     LoaderConfig,
     detect_kind,
     load_bytes,
@@ -276,7 +276,7 @@ def test_kind_path_still_works_with_a_root(root: Path) -> None:
 def test_classify_command_refuses_a_fifo(
     tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from labeler.cli import main
+    from labeler.service.cli import main
 
     fifo = tmp_path / "photo.jpg"
     os.mkfifo(fifo)

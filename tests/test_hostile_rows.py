@@ -19,13 +19,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import Column, Integer, MetaData, String, Table, inspect, select, text
 
-from labeler import migrate
-from labeler.app import Service
-from labeler.audit import is_audit
-from labeler.decision import decide_with_audit
-from labeler.decoding import decode_image
-from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, photo, run
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.decide.audit import is_audit
+from labeler.decide.decision import decide_with_audit
+from labeler.photos.decoding import decode_image
+from labeler.service.app import Service
+from labeler.store import migrate
+from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, photo, run
 from tests.helpers import create_photos, png_bytes
 
 

@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from labeler import migrate
-from labeler.app import Service
-from labeler.batches import read_rows
-from labeler.db import make_engine
-from labeler.decoding import ImageError
-from labeler.domain import SourceRow
-from labeler.fetching import LoaderConfig, load_bytes
-from labeler.repository import ImageLimit
-from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, photo
-from labeler.settings import Settings
-from labeler.source import reflect_source
-from labeler.store import SqlStore
+from labeler.config.settings import Settings
+from labeler.core.domain import SourceRow
+from labeler.labelling.batches import read_rows
+from labeler.photos.decoding import ImageError
+from labeler.photos.fetching import LoaderConfig, load_bytes
+from labeler.service.app import Service
+from labeler.shelter.source import reflect_source
+from labeler.store import migrate
+from labeler.store.engine import make_engine
+from labeler.store.repository import ImageLimit
+from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, photo
+from labeler.store.seam import SqlStore
 from tests.helpers import create_photos, png_bytes
 
 LIMIT = 100_000
@@ -127,7 +127,7 @@ def _decoded(value: object, kind: str) -> bytes | None:
 def test_the_database_check_never_refuses_what_the_loader_accepts(
     kind: str, photo_size: int
 ) -> None:
-    """Text forms count by decoded size, as labeler.fetching does (MIME line breaks too)."""
+    """Text forms count by decoded size, as labeler.photos.fetching does (MIME line breaks too)."""
     data = png_bytes((1, 2, 3), (2, 2)).ljust(photo_size, b"\0")
     texts = {
         "base64": base64.encodebytes(data).decode("ascii"),  # 76-character lines
@@ -149,7 +149,7 @@ def test_the_database_check_never_refuses_what_the_loader_accepts(
 def test_read_rows_keeps_narrowing_and_adds_size_failures() -> None:
     """A row the fetch refuses is narrowed down to; a row that came back with an error
     (over the limit) fails with it; the others are read."""
-    from labeler.store import Refused
+    from labeler.store.seam import Refused
 
     def fetch(ids: list[str]) -> dict[str, SourceRow]:
         if "boom" in ids:

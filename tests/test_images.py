@@ -1,4 +1,5 @@
-"""labeler.fetching and labeler.decoding against broken, hostile and unusual input: every image
+"""labeler.photos.fetching and labeler.photos.decoding against broken, hostile and unusual input:
+every image
 is generated here."""
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from labeler.decoding import ImageError, decode_image
-from labeler.fetching import LoaderConfig, detect_kind, load_bytes, load_image
+from labeler.photos.decoding import ImageError, decode_image
+from labeler.photos.fetching import LoaderConfig, detect_kind, load_bytes, load_image
 from tests.helpers import serving_in_thread, without_proxies
 
 RED = (255, 0, 0)
@@ -834,8 +835,8 @@ def test_url_from_allowed_host(server: _Server) -> None:
     ],
 )
 def test_a_fully_qualified_host_is_the_same_host(url: str, allowed: str) -> None:
-    from labeler.fetching import _check_url
-    from labeler.settings import Settings
+    from labeler.config.settings import Settings
+    from labeler.photos.fetching import _check_url
 
     settings = Settings.model_validate({"database_url": "sqlite://", "url_allowed_hosts": allowed})
     config = LoaderConfig(allowed_hosts=frozenset(settings.url_allowed_hosts))
@@ -948,13 +949,3 @@ def test_url_to_a_closed_port() -> None:
     message = error_of(lambda: load_image(f"http://127.0.0.1:{port}/rex.png", url_config()))
     assert message.startswith("photo URL cannot be fetched: "), message
     assert "refused" in message.lower(), message
-
-
-def test_images_module_keeps_the_old_names() -> None:
-    from labeler import decoding, fetching, images
-
-    assert images.load_image is fetching.load_image
-    assert images.reference_of is fetching.reference_of
-    assert images.LoaderConfig is fetching.LoaderConfig
-    assert images.ImageError is decoding.ImageError
-    assert images.decode_image is decoding.decode_image

@@ -10,9 +10,9 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from labeler.app import Service
-from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, photo
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.service.app import Service
+from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, photo
 from tests.helpers import fresh_database
 from tests.test_processes import seed
 

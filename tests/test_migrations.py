@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import inspect, text
 
-from labeler import migrate
-from labeler.db import make_engine
-from labeler.schema import REVIEW_VIEW, VERSION_TABLE
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.store import migrate
+from labeler.store.engine import make_engine
+from labeler.store.schema import REVIEW_VIEW, VERSION_TABLE
 from tests.helpers import create_photos, png_bytes
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Integer, String, insert, select
 
-from labeler import migrate
-from labeler import repository as repo
-from labeler.db import make_engine, session_factory
-from labeler.schema import LABELLED, PENDING, photo, run
-from labeler.settings import Settings, load_settings
-from labeler.source import SourceError, check_filter_values, reflect_source
+from labeler.config.settings import Settings, load_settings
+from labeler.shelter.source import SourceError, check_filter_values, reflect_source
+from labeler.store import migrate
+from labeler.store import repository as repo
+from labeler.store.engine import make_engine, session_factory
+from labeler.store.schema import LABELLED, PENDING, photo, run
 from tests.helpers import create_photos
 
 NOW = datetime(2026, 11, 25, 3, 0, 0)
@@ -153,7 +153,7 @@ def test_filter_value_check_by_type() -> None:
 
 
 def test_health_checks_database_and_schema_only(db_url: str, tmp_path: Path) -> None:
-    from labeler.app import health
+    from labeler.service.app import health
 
     settings = Settings(database_url=db_url, model_dir=tmp_path / "no-model-needed")
     with pytest.raises(RuntimeError, match="run `labeler db upgrade`"):
@@ -165,7 +165,7 @@ def test_health_checks_database_and_schema_only(db_url: str, tmp_path: Path) -> 
 def test_health_and_check_from_the_command_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from labeler import cli
+    from labeler.service import cli
 
     url = f"sqlite:///{tmp_path / 'shelter.db'}"
     monkeypatch.setenv("LABELER_DATABASE_URL", url)
@@ -184,7 +184,7 @@ def test_health_and_check_from_the_command_line(
 def test_check_masks_credentials_in_query_parameters(
     server_db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from labeler import cli
+    from labeler.service import cli
 
     secret = "qu3ry-s3cret"
     monkeypatch.setenv("LABELER_DATABASE_URL", f"{server_db_url}?password={secret}")
@@ -201,8 +201,8 @@ def test_check_masks_credentials_in_query_parameters(
 def test_a_filter_that_matches_nothing_is_reported(
     db_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from labeler import cli
-    from labeler.app import check_filter_matches
+    from labeler.service import cli
+    from labeler.service.app import check_filter_matches
 
     engine = _engine(db_url)
     create_photos(engine, "bytes", [{"id": 1, "species": "dog"}, {"id": 2, "species": "cat"}])

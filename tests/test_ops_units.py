@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError, ProgrammingError
 
-from labeler import cli, db
-from labeler.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
-from labeler.logging_setup import setup_logging
-from labeler.shutdown import STOP_SIGNALS, StopOnSignals
+from labeler.config.logging_setup import setup_logging
+from labeler.core.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from labeler.service import cli
+from labeler.service.shutdown import STOP_SIGNALS, StopOnSignals
+from labeler.store import engine as db
 from tests.helpers import REPO
 
 
@@ -78,7 +79,8 @@ def test_short_error_is_the_first_line_of_the_driver_message() -> None:
 
 
 def test_the_pass_and_the_scheduler_share_the_retry_helpers() -> None:
-    from labeler import labelling, scheduler
+    from labeler.labelling import passes as labelling
+    from labeler.service import scheduler
 
     for module in (labelling, scheduler):
         for name in ("is_transient", "with_retries", "utc_now", "RetryPolicy", "short_error"):
@@ -189,8 +191,8 @@ def test_exit_codes_in_the_readme_match_the_code() -> None:
 def test_a_missing_photo_root_is_a_configuration_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from labeler.app import check_photo_root
-    from labeler.settings import ConfigError, load_settings
+    from labeler.config.settings import ConfigError, load_settings
+    from labeler.service.app import check_photo_root
 
     missing = tmp_path / "not-mounted"
     monkeypatch.setenv("LABELER_PHOTO_ROOT", str(missing))
@@ -220,7 +222,7 @@ def test_a_missing_photo_root_is_a_configuration_error(
     assert "LABELER_PHOTO_ROOT" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("failing", ["ruff", "mypy", None])
+@pytest.mark.parametrize("failing", ["ruff", "mypy", "lint-imports", None])
 def test_the_ci_command_fails_on_lint_and_type_errors(tmp_path: Path, failing: str | None) -> None:
     """.ci/run -> scripts/test.sh, with every tool replaced by a stub that logs its call."""
     import shutil
@@ -234,7 +236,7 @@ def test_the_ci_command_fails_on_lint_and_type_errors(tmp_path: Path, failing: s
     calls = tmp_path / "calls.log"
     for script in ("setup.sh", "start-databases.sh"):
         (tmp_path / "scripts" / script).write_text(f"echo {script} >> {calls}\n")
-    for tool in ("ruff", "mypy", "python"):
+    for tool in ("ruff", "mypy", "lint-imports", "python"):
         stub = tmp_path / ".venv" / "bin" / tool
         status = 1 if tool == failing else 0
         stub.write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\nexit {status}\n')
@@ -251,6 +253,7 @@ def test_the_ci_command_fails_on_lint_and_type_errors(tmp_path: Path, failing: s
             "setup.sh",
             "ruff check .",
             "mypy ",
+            "lint-imports ",
             "start-databases.sh",
             "python -m pytest -q -p no:cacheprovider",
         ]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labeler.decision import AUDIT_REASON, Thresholds
-from labeler.domain import PhotoStatus, Prediction, RunStatus
-from labeler.fetching import LoaderConfig
-from labeler.labelling import LabellingPass, PassConfig
-from labeler.preprocessing import PreprocessingConfig
+from labeler.core.domain import PhotoStatus, Prediction, RunStatus
+from labeler.decide.decision import AUDIT_REASON, Thresholds
+from labeler.labelling.passes import LabellingPass, PassConfig
+from labeler.model.preprocessing import PreprocessingConfig
+from labeler.photos.fetching import LoaderConfig
 from tests.fake_store import FakeStore, transient
 
 POISON = 13  # a red value the fake classifier cannot take
@@ -242,6 +242,6 @@ def test_max_rows_limits_the_pass() -> None:
 def test_statuses_are_the_stored_strings() -> None:
     assert PhotoStatus.NEEDS_REVIEW == "needs_review"
     assert f"{RunStatus.INTERRUPTED}" == "interrupted"
-    from labeler import schema
+    from labeler.store import schema
 
     assert tuple(s.value for s in PhotoStatus) == schema.STATUSES

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
-from labeler import migrate
-from labeler import repository as repo
-from labeler.db import make_engine
-from labeler.settings import Settings
-from labeler.source import reflect_source
-from labeler.store import SqlStore
+from labeler.config.settings import Settings
+from labeler.shelter.source import reflect_source
+from labeler.store import migrate
+from labeler.store import repository as repo
+from labeler.store.engine import make_engine
+from labeler.store.seam import SqlStore
 from tests.helpers import create_photos, png_bytes
 
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from labeler.batches import prepare_batch
-from labeler.domain import PhotoStatus, SourceRow
-from labeler.fetching import LoaderConfig
-from labeler.preprocessing import PreprocessingConfig
+from labeler.core.domain import PhotoStatus, SourceRow
+from labeler.labelling.batches import prepare_batch
+from labeler.model.preprocessing import PreprocessingConfig
+from labeler.photos.fetching import LoaderConfig
 
 CONFIG = PreprocessingConfig(image_size=(16, 16))
 LOADER = LoaderConfig(kind="bytes")

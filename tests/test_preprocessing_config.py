@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pytest
 
-from labeler.preprocessing import PreprocessingConfig, fit_whitening
+from labeler.model.preprocessing import PreprocessingConfig, fit_whitening
 
 
 def test_round_trip_through_json_is_identity() -> None:

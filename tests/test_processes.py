@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from labeler import migrate
-from labeler.db import make_engine
-from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, photo, run
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.store import migrate
+from labeler.store.engine import make_engine
+from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, photo, run
 from tests.helpers import REPO, create_photos, png_bytes
 
 pytestmark = pytest.mark.slow

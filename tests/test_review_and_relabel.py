@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, select, update
 
-from labeler import migrate
-from labeler.cli import main
-from labeler.db import make_engine
-from labeler.schema import FAILED, LABELLED, NEEDS_REVIEW, PENDING, REVIEWED, photo
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.service.cli import main
+from labeler.store import migrate
+from labeler.store.engine import make_engine
+from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, PENDING, REVIEWED, photo
 from tests.helpers import create_photos, png_bytes
 
 

@@ -13,14 +13,11 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from labeler import migrate
-from labeler.app import Service
-from labeler.artifact import ArtifactError, load_artifact
-from labeler.classifier import Classifier, load_keras_model
-from labeler.cli import main
-from labeler.images import decode_image
-from labeler.preprocessing import PreprocessingConfig
-from labeler.runtime import (
+from labeler.config.settings import Settings
+from labeler.model.artifact import ArtifactError, load_artifact
+from labeler.model.classifier import Classifier, load_keras_model
+from labeler.model.preprocessing import PreprocessingConfig
+from labeler.model.runtime import (
     CACHE_META_FILE,
     CHECK_FILE,
     DEFAULT_TOLERANCE,
@@ -30,8 +27,11 @@ from labeler.runtime import (
     export_onnx,
     open_runtime,
 )
-from labeler.schema import run
-from labeler.settings import Settings
+from labeler.photos.decoding import decode_image
+from labeler.service.app import Service
+from labeler.service.cli import main
+from labeler.store import migrate
+from labeler.store.schema import run
 from tests.helpers import REPO, create_photos, fullframe_photos, png_bytes
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is part of dev")
@@ -111,7 +111,7 @@ def test_serving_from_onnx_never_imports_tensorflow(tiny_artifact: Path, tmp_pat
     script = (
         "import sys, numpy as np\n"
         "from pathlib import Path\n"
-        "from labeler.classifier import Classifier\n"
+        "from labeler.model.classifier import Classifier\n"
         f"c = Classifier.load(Path({str(tiny_artifact)!r}), cache_dir=Path({str(cache)!r}))\n"
         "p = c.predict(np.full((2, 16, 16, 3), 100, np.float32))\n"
         "assert len(p) == 2, p\n"
@@ -131,7 +131,7 @@ def test_falls_back_to_keras_without_onnxruntime(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
-    with caplog.at_level(logging.INFO, logger="labeler.runtime"):
+    with caplog.at_level(logging.INFO, logger="labeler.model.runtime"):
         auto = Classifier.load(tiny_artifact, cache_dir=tmp_path)
         forced = Classifier.load(tiny_artifact, runtime="onnx", cache_dir=tmp_path)
     assert auto.runtime_name == forced.runtime_name == "keras"
@@ -151,7 +151,7 @@ def test_falls_back_to_keras_when_onnx_disagrees(
     with np.load(check) as data:
         images, expected = data["images"], data["expected"]
     np.savez_compressed(check, images=images, expected=expected + 1e-3)
-    with caplog.at_level(logging.WARNING, logger="labeler.runtime"):
+    with caplog.at_level(logging.WARNING, logger="labeler.model.runtime"):
         clf = Classifier.load(tiny_artifact, cache_dir=cache)
     assert clf.runtime_name == "keras"
     assert "differ from Keras by 0.001" in clf.runtime.description
@@ -239,8 +239,8 @@ def test_check_says_which_runtime_serves(
 def test_thread_and_prefetch_settings_reach_the_runtime_and_the_pass(
     tiny_artifact: Path, tmp_path: Path
 ) -> None:
-    from labeler.app import load_classifier, pass_config
-    from labeler.decision import Thresholds
+    from labeler.decide.decision import Thresholds
+    from labeler.service.app import load_classifier, pass_config
 
     settings = Settings.model_validate(
         {

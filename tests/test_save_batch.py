@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from sqlalchemy import event, select, text, update
 
-from labeler import migrate
-from labeler.db import make_engine
-from labeler.domain import Outcome, PhotoStatus, Prediction
-from labeler.schema import photo
-from labeler.settings import Settings
-from labeler.source import reflect_source
-from labeler.store import SqlStore
+from labeler.config.settings import Settings
+from labeler.core.domain import Outcome, PhotoStatus, Prediction
+from labeler.shelter.source import reflect_source
+from labeler.store import migrate
+from labeler.store.engine import make_engine
+from labeler.store.schema import photo
+from labeler.store.seam import SqlStore
 from tests.helpers import create_photos, png_bytes
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)

@@ -19,7 +19,7 @@ _RUN = """
 import sys
 for blocked in ("tensorflow", "keras", "tf2onnx"):
     sys.modules[blocked] = None
-from labeler.cli import main
+from labeler.service.cli import main
 code = main(sys.argv[1:])
 print("tensorflow imported:", any(m.startswith("tensorflow") for m in sys.modules
                                    if sys.modules[m] is not None))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labeler.settings import ConfigError, load_settings
+from labeler.config.settings import ConfigError, load_settings
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ from labeler.settings import ConfigError, load_settings
         ("LABELER_SOURCE_TABLE", "animals\n", "not a plain SQL identifier"),
         ("LABELER_SOURCE_ID_COLUMN", "id\n", "not a plain SQL identifier"),
         ("LABELER_SOURCE_FILTER_COLUMN", "species\n", "not a plain SQL identifier"),
-        ("LABELER_DATABASE_URL", "sqlite:///labeler.db\n", "trailing newline"),
+        ("LABELER_DATABASE_URL", "sqlite:///labeler.store.engine\n", "trailing newline"),
         ("LABELER_DATABASE_URL", " postgresql+psycopg://u@db/x", "starts or ends with a space"),
         ("LABELER_URL_ALLOWED_HOSTS", "photos.example.org:8443", "has a port"),
         ("LABELER_URL_ALLOWED_HOSTS", "[2001:db8::1]:443", "has a port"),
@@ -107,7 +107,7 @@ def test_password_is_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_log_records_are_redacted(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from labeler.redact import RedactingFilter, secrets_of
+    from labeler.config.redact import RedactingFilter, secrets_of
 
     monkeypatch.setenv("LABELER_DATABASE_URL", "mysql+pymysql://app:p%40ss-w0rd@db/shelter")
     secrets = secrets_of(load_settings())
@@ -137,7 +137,8 @@ def test_allowed_hosts_are_normalised_to_how_urls_are_matched(
 
     monkeypatch.setenv("LABELER_URL_ALLOWED_HOSTS", entry)
     assert load_settings().url_allowed_hosts == [expected]
-    # the form labeler.fetching compares against: urlsplit(url).hostname, lower-cased, without
+    # the form labeler.photos.fetching compares against: urlsplit(url).hostname, lower-cased,
+    # without
     # the final dot of a fully qualified name
     host = entry.lower() if entry.startswith("[") else f"[{entry}]" if ":" in entry else entry
     assert (urlsplit(f"http://{host}:8080/a.jpg").hostname or "").lower().rstrip(".") == expected
@@ -155,7 +156,7 @@ def test_a_valid_time_zone_reaches_the_schedule(monkeypatch: pytest.MonkeyPatch)
 def test_the_largest_claim_ttl_still_computes(monkeypatch: pytest.MonkeyPatch) -> None:
     from datetime import timedelta
 
-    from labeler.db import utc_now
+    from labeler.store.engine import utc_now
 
     monkeypatch.setenv("LABELER_CLAIM_TTL_SECONDS", "604800")
     ttl = timedelta(seconds=load_settings().claim_ttl_seconds)
@@ -185,8 +186,8 @@ def test_unusual_but_unambiguous_urls_are_accepted(monkeypatch: pytest.MonkeyPat
     for url in (
         "postgresql+psycopg://labeler:p%40ss@db/shelter",  # an encoded '@'
         "postgresql+psycopg://labeler:pa/ss@db/shelter",  # SQLAlchemy takes '/' in a password
-        "sqlite:////srv/user@host/labeler.db",  # a file path may hold '@'
-        "sqlite:////srv/my photos/labeler.db",
+        "sqlite:////srv/user@host/labeler.store.engine",  # a file path may hold '@'
+        "sqlite:////srv/my photos/labeler.store.engine",
     ):
         monkeypatch.setenv("LABELER_DATABASE_URL", url)
         assert load_settings().url is not None
@@ -195,7 +196,7 @@ def test_unusual_but_unambiguous_urls_are_accepted(monkeypatch: pytest.MonkeyPat
 def test_query_parameter_credentials_are_masked(monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
-    from labeler.redact import RedactingFilter, secrets_of
+    from labeler.config.redact import RedactingFilter, secrets_of
 
     monkeypatch.setenv(
         "LABELER_DATABASE_URL",
@@ -226,10 +227,10 @@ def test_query_parameter_credentials_are_masked(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_runtime_objects_take_their_defaults_from_settings() -> None:
-    from labeler.db import RetryPolicy
-    from labeler.fetching import LoaderConfig
-    from labeler.labelling import PassConfig
-    from labeler.settings import Settings, setting_default
+    from labeler.config.settings import Settings, setting_default
+    from labeler.labelling.passes import PassConfig
+    from labeler.photos.fetching import LoaderConfig
+    from labeler.store.engine import RetryPolicy
 
     def default(name: str) -> object:
         return Settings.model_fields[name].default
@@ -266,8 +267,8 @@ def test_runtime_objects_take_their_defaults_from_settings() -> None:
 def test_the_connection_pool_holds_every_thread_of_a_pass(prefetch: int) -> None:
     """The main thread saves while each batch ahead claims and reads on its own thread: a
     pool smaller than that would make a pass wait for connections, then fail."""
-    from labeler.db import make_engine
-    from labeler.settings import Settings
+    from labeler.config.settings import Settings
+    from labeler.store.engine import make_engine
 
     engine = make_engine(  # connects lazily: no server needed
         Settings(database_url="postgresql+psycopg://u@127.0.0.1/x", prefetch_batches=prefetch)

@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
-from labeler import migrate
-from labeler import repository as repo
-from labeler.app import Service
-from labeler.db import session_factory, utc_now
-from labeler.demo_shelter import MIXED_BREED_ID, MIXED_BREED_NAME, STAFF_BREED_ID
-from labeler.labelling import SourceChanged
-from labeler.schema import (
+from labeler.config.settings import Settings
+from labeler.demo.shelter import MIXED_BREED_ID, MIXED_BREED_NAME, STAFF_BREED_ID
+from labeler.labelling.passes import SourceChanged
+from labeler.service.app import Service
+from labeler.store import migrate
+from labeler.store import repository as repo
+from labeler.store.engine import session_factory, utc_now
+from labeler.store.schema import (
     FAILED,
     GONE,
     GROUP_REVIEW_VIEW,
@@ -28,7 +29,6 @@ from labeler.schema import (
     group,
     photo,
 )
-from labeler.settings import Settings
 from tests.asm3_fixture import Asm3Shelter, build_asm3
 from tests.test_shelter_helpers import ScriptedModel, sure
 
@@ -36,7 +36,7 @@ UNMAPPED = "Samoyed"  # dropped from the test's copy of the ASM3 map
 
 
 def _breed_map_without(tmp_path: Path, label: str) -> Path:
-    from labeler.demo_shelter import default_breed_map
+    from labeler.demo.shelter import default_breed_map
 
     lines = default_breed_map().read_text().splitlines()
     kept = [line for line in lines if not line.startswith(f"{label},")]
@@ -56,7 +56,7 @@ def _service(shelter: Asm3Shelter, tiny_artifact: Path, breed_map: Path, **extra
 
 
 def _expected_values(breed_map: Path, label: str) -> dict[str, str] | None:
-    from labeler.breedmap import load_breed_map
+    from labeler.shelter.breedmap import load_breed_map
 
     return load_breed_map(breed_map).lookup(label)
 
@@ -245,7 +245,7 @@ def test_source_change_is_refused_and_vanished_photos_are_gone(
     tiny_artifact: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from labeler.cli import main
+    from labeler.service.cli import main
 
     shelter, service, breed_map = asm3
     seeded = shelter.seeded
@@ -337,7 +337,7 @@ def test_source_change_is_refused_and_vanished_photos_are_gone(
 
 
 def _check_lines(capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
-    from labeler.cli import main
+    from labeler.service.cli import main
 
     capsys.readouterr()
     main(["check"])

@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labeler import migrate
-from labeler.calibration import GroupVerdict, group_version_counts
-from labeler.decision import AUDIT_REASON, Thresholds
-from labeler.domain import PhotoScores
-from labeler.grouping import decide_group
-from labeler.schema import NEEDS_REVIEW
+from labeler.core.domain import PhotoScores
+from labeler.decide.decision import AUDIT_REASON, Thresholds
+from labeler.decide.grouping import decide_group
+from labeler.decide.thresholds import GroupVerdict, group_version_counts
+from labeler.store import migrate
+from labeler.store.schema import NEEDS_REVIEW
 from tests.asm3_fixture import Asm3Shelter, build_asm3
 from tests.test_shelter_asm3 import _animals, _breed_map_without, _groups, _service, _set_breed
 from tests.test_shelter_helpers import ScriptedModel
@@ -84,7 +84,7 @@ def test_audited_animals_are_never_written_back(
         assert all(_animals(shelter)[d] == before[d] for d in audited)
 
         # Staff confirm one audited dog in the shelter's own UI with labeler's answer.
-        from labeler.breedmap import load_breed_map
+        from labeler.shelter.breedmap import load_breed_map
 
         dog = audited[0]
         want = load_breed_map(breed_map).lookup(str(groups[dog]["breed"]))

@@ -15,10 +15,10 @@ from pydantic import SecretStr
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url
 
-from labeler import migrate
-from labeler.app import Service
-from labeler.schema import FAILED, LABELLED, REVIEWED, group, photo
-from labeler.settings import Settings
+from labeler.config.settings import Settings
+from labeler.service.app import Service
+from labeler.store import migrate
+from labeler.store.schema import FAILED, LABELLED, REVIEWED, group, photo
 from tests.helpers import FULLFRAME, require
 from tests.test_shelter_helpers import ScriptedModel
 

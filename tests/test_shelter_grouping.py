@@ -8,14 +8,14 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from labeler import migrate
-from labeler.classifier import Prediction
-from labeler.db import is_transient, make_engine
-from labeler.decision import Thresholds
-from labeler.grouping import combine, decide_group, disagreements, parse_scores, scores_json
-from labeler.repository import storable
-from labeler.schema import GONE, LABELLED, NEEDS_REVIEW, photo
-from labeler.settings import Settings, load_settings
+from labeler.config.settings import Settings, load_settings
+from labeler.decide.decision import Thresholds
+from labeler.decide.grouping import combine, decide_group, disagreements, parse_scores, scores_json
+from labeler.model.classifier import Prediction
+from labeler.store import migrate
+from labeler.store.engine import is_transient, make_engine
+from labeler.store.repository import storable
+from labeler.store.schema import GONE, LABELLED, NEEDS_REVIEW, photo
 
 
 def scores(pid: str, *pairs: tuple[str, float]) -> object:
@@ -109,9 +109,9 @@ def test_text_from_outside_is_stored_on_every_server(db_url: str) -> None:
     """Issue 10: a NUL in an error (say, an HTTP reason phrase) must not sink the batch."""
     from datetime import datetime, timedelta
 
-    from labeler import repository as repo
-    from labeler.db import session_factory
-    from labeler.source import reflect_source
+    from labeler.shelter.source import reflect_source
+    from labeler.store import repository as repo
+    from labeler.store.engine import session_factory
     from tests.helpers import create_photos, png_bytes
 
     settings = Settings(database_url=db_url, source_table="animals", source_image_column="photo")

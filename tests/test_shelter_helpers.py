@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.classifier import Classifier
-from labeler.demo_shelter import label_of
+from labeler.demo.shelter import label_of
+from labeler.model.classifier import Classifier
 
 try:
-    from labeler.decoding import decode_image
+    from labeler.photos.decoding import decode_image
 except ImportError:  # before the images module was split
-    from labeler.images import decode_image  # type: ignore[no-redef]
-from labeler.preprocessing import preprocess_batch
+    from labeler.photos.decoding import decode_image  # type: ignore[no-redef]
+from labeler.model.preprocessing import preprocess_batch
 
 
 def sure(label: str, p: float = 0.9) -> dict[str, float]:

@@ -13,16 +13,16 @@ import pytest
 from sqlalchemy import bindparam, create_engine, select, text
 from sqlalchemy.orm import Session
 
-from labeler import migrate
-from labeler import repository as repo
-from labeler.app import Service
-from labeler.cli import main
-from labeler.db import make_engine
-from labeler.schema import group, photo, run
-from labeler.settings import Settings
-from labeler.source import reflect_source, reflect_table
-from labeler.store import SqlStore
-from labeler.writeback import Target
+from labeler.config.settings import Settings
+from labeler.service.app import Service
+from labeler.service.cli import main
+from labeler.shelter.source import reflect_source, reflect_table
+from labeler.store import migrate
+from labeler.store import repository as repo
+from labeler.store.engine import make_engine
+from labeler.store.schema import group, photo, run
+from labeler.store.seam import SqlStore
+from labeler.store.writeback import Target
 from tests.helpers import png_bytes
 
 NOW = datetime(2026, 11, 25, 3, 0, tzinfo=UTC).replace(tzinfo=None)

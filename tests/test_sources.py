@@ -12,14 +12,14 @@ import pytest
 from sqlalchemy import Column, MetaData, String, Table, Text, create_engine, select, text
 from sqlalchemy.dialects import mysql
 
-from labeler import migrate
-from labeler.app import Service
-from labeler.audit import is_audit
-from labeler.decision import decide_with_audit
-from labeler.decoding import decode_image
-from labeler.schema import FAILED, photo
-from labeler.settings import Settings
-from labeler.source import SourceError
+from labeler.config.settings import Settings
+from labeler.decide.audit import is_audit
+from labeler.decide.decision import decide_with_audit
+from labeler.photos.decoding import decode_image
+from labeler.service.app import Service
+from labeler.shelter.source import SourceError
+from labeler.store import migrate
+from labeler.store.schema import FAILED, photo
 from tests.helpers import FULLFRAME, create_photos, encode, fullframe_photos
 
 

@@ -1,6 +1,6 @@
 """Evaluation and calibration on held-out predictions: pure numpy functions.
 
-Temperature scaling uses ``labeler.classifier.calibrate``, the very function serving applies,
+Temperature scaling uses ``labeler.model.classifier.calibrate``, the very function serving applies,
 so the fitted temperature means the same thing in both places.
 """
 
@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
-from labeler.classifier import calibrate
+from labeler.decide.thresholds import wilson_interval as service_wilson_interval
+from labeler.model.classifier import calibrate
 
 
 def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -164,20 +166,19 @@ def evaluate(probs: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...]
     }
 
 
-# --- decision rule on a calibration set (issue 8): precision of auto-labels, coverage ---------
+# --- decision rule on a calibration set: precision of auto-labels, coverage -------------------
 
 WILSON_Z = 1.959963984540054  # two-sided 95 %
 
 
 def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion; (0, 1) when there are no trials."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    """Wilson score interval for a binomial proportion; (0, 1) when there are no trials.
+
+    The interval itself is :func:`labeler.decide.thresholds.wilson_interval`, the one the
+    service reports, so training and ``labeler status`` can never disagree on it.
+    """
+    interval = service_wilson_interval(successes, n, level=2 * NormalDist().cdf(z) - 1)
+    return (0.0, 1.0) if interval is None else (interval.low, interval.high)
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ class RuleOutcome:
 def auto_mask(
     probs: np.ndarray, threshold: float, margin: float = 0.0, reject: Sequence[int] = ()
 ) -> np.ndarray:
-    """The rows ``labeler.decision.decide`` would auto-label (reject labels go to review).
+    """The rows ``labeler.decide.decision.decide`` would auto-label (reject labels go to review).
 
     Mirrors ``decide``: a non-finite confidence never passes.
     """

@@ -183,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         return _train(args)
     if args.command == "export-onnx":
-        from labeler.runtime import ship_onnx
+        from labeler.model.runtime import ship_onnx
 
         for directory in args.artifacts:
             section = ship_onnx(directory)

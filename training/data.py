@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.decoding import decode_image
-from labeler.preprocessing import PreprocessingConfig, preprocess_image
+from labeler.model.preprocessing import PreprocessingConfig, preprocess_image
+from labeler.photos.decoding import decode_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 SPLITS = ("train", "val", "test")
@@ -142,7 +142,7 @@ def load_images(paths: Sequence[Path], config: PreprocessingConfig, workers: int
     """Decode and run the per-image part of the labeler's chain (resize/grayscale/equalize).
 
     Returns uint8 (n, h, w, c); whitening is batch-level and applied by the caller with
-    ``labeler.preprocessing.finish_batch``, exactly as serving does.
+    ``labeler.model.preprocessing.finish_batch``, exactly as serving does.
     """
     h, w = config.image_size
     out = np.empty((len(paths), h, w, config.channels), dtype=np.uint8)
@@ -168,7 +168,7 @@ def cached_images(
                 "files": [dataset.relative(i) for i in range(len(dataset))],
                 "root": str(dataset.root.resolve()),
                 "preprocessing": config.cache_key(),
-                "decoder": "labeler.decoding",  # upright + reduced-scale decoding
+                "decoder": "labeler.photos.decoding",  # upright + reduced-scale decoding
             }
         ).encode()
     ).hexdigest()[:16]

@@ -17,7 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from labeler.preprocessing import PreprocessingConfig, finish_batch
+from labeler.model.preprocessing import PreprocessingConfig, finish_batch
 from training.views import apply_view
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from labeler.model_layers import ImagenetPreprocess
+from labeler.model.keras_layers import ImagenetPreprocess
 
 Normalization = Literal["batchnorm", "dropout", "none"]
 Head = Literal["flatten", "gap"]

@@ -18,9 +18,9 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
-from labeler.artifact import save_artifact
-from labeler.classifier import calibrate
-from labeler.preprocessing import (
+from labeler.model.artifact import save_artifact
+from labeler.model.classifier import calibrate
+from labeler.model.preprocessing import (
     PreprocessingConfig,
     ResizeMode,
     Whitening,
@@ -151,7 +151,7 @@ class TrainConfig:
     # decision
     target_accuracy: float = 0.95
     review_min_rows: int = 30
-    # Full-frame calibration (issue 8): photos like a shelter's, used only to fit temperature,
+    # Full-frame calibration: photos like a shelter's, used only to fit temperature,
     # threshold and margin by cross-validation and to choose nothing else. Never trained on.
     calibration_dir: str | None = None
     calibration_folds: int = 5
@@ -161,7 +161,7 @@ class TrainConfig:
     tta: tuple[str, ...] = ("identity",)
     workers: int = field(default=2, metadata=cli())
     plots: bool = True
-    onnx: bool = True  # ship model.onnx in the artifact (labeler.runtime.ship_onnx)
+    onnx: bool = True  # ship model.onnx in the artifact (labeler.model.runtime.ship_onnx)
 
     def preprocessing(self, whitening: Whitening | None = None) -> PreprocessingConfig:
         return PreprocessingConfig(
@@ -864,7 +864,7 @@ def write_artifact(result: TrainResult, fingerprint: str, kind: str) -> Path:
 def ship_onnx_or_warn(out: Path) -> None:
     """The artifact stays usable without its ONNX model (serving converts it once), so a
     missing converter or a failed export is a warning, not a failed training."""
-    from labeler.runtime import ship_onnx
+    from labeler.model.runtime import ship_onnx
 
     try:
         ship_onnx(out)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.preprocessing import PreprocessingConfig
+from labeler.model.preprocessing import PreprocessingConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def read_breeds(tsv: Path) -> tuple[list[str], list[str]]:
 
 
 def run_zero_shot(args: argparse.Namespace) -> None:
-    from labeler.artifact import save_artifact
+    from labeler.model.artifact import save_artifact
     from training.backbones import load_backbone, weights_id
     from training.models import build_zero_shot_model, preprocess_mode
 

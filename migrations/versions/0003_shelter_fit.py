@@ -22,7 +22,7 @@ Confidence = sa.Double()
 
 def _id_type() -> sa.types.TypeEngine:
     """Ids compare byte for byte: MariaDB's default collation ignores letter case (and a PAD
-    SPACE one trailing spaces), so such ids would be one row (as labeler.schema.IdText)."""
+    SPACE one trailing spaces), so such ids would be one row (as labeler.store.schema.IdText)."""
     dialect = op.get_bind().dialect
     if dialect.name not in ("mysql", "mariadb"):
         return sa.String(255)

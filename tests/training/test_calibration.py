@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from labeler.classifier import calibrate
+from labeler.model.classifier import calibrate
 from training.calibration import (
     choose_review_threshold,
     confusion_matrix,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from labeler.preprocessing import PreprocessingConfig
+from labeler.model.preprocessing import PreprocessingConfig
 from tests.helpers import SHARED, require
 from training.data import (
     discover,

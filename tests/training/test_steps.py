@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from labeler.preprocessing import (
+from labeler.model.preprocessing import (
     PreprocessingConfig,
     equalize_histogram,
     finish_batch,

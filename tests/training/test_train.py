@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.artifact import load_artifact
-from labeler.classifier import Classifier
-from labeler.preprocessing import preprocess_batch
+from labeler.model.artifact import load_artifact
+from labeler.model.classifier import Classifier
+from labeler.model.preprocessing import preprocess_batch
 from tests.helpers import SHARED, require
 from training import features
 from training.data import read_rgb
@@ -293,7 +293,7 @@ def test_views_tta_and_full_frame_calibration(tiny_data: Path, tmp_path: Path) -
         np.asarray(result.model.predict_on_batch(batch))
         + np.asarray(result.model.predict_on_batch(batch[:, :, ::-1]))
     ) / 2
-    from labeler.classifier import calibrate
+    from labeler.model.classifier import calibrate
 
     np.testing.assert_allclose(
         clf.predict_probabilities(batch), calibrate(raw, art.temperature), rtol=1e-4, atol=1e-5

@@ -29,7 +29,7 @@ def test_zoom_out_shrinks_the_subject() -> None:
 
 
 def test_fine_tuning_batches_draw_views_per_photo_reproducibly() -> None:
-    from labeler.preprocessing import PreprocessingConfig
+    from labeler.model.preprocessing import PreprocessingConfig
     from training.train import ImageBatches
 
     images = np.random.default_rng(0).integers(0, 255, (10, 12, 12, 3), dtype=np.uint8)

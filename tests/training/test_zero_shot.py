@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.classifier import Classifier
+from labeler.model.classifier import Classifier
 from tests.helpers import SHARED, require
 from training.cli import main
 from training.zero_shot import IMAGENET_INDEX, REJECT_LABEL, imagenet_indices, read_breeds

@@ -1,0 +1,297 @@
+"""The model artifact: the one format that training writes and the labeler loads.
+
+A directory ``models/<name>/`` holding::
+
+    metadata.json   format, version, kind, preprocessing, calibration, decision, metrics, ...
+    labels.json     the class names in output order
+    model.keras     a Keras 3 model: preprocessed batch in, class probabilities out
+    whitening.npz   (only when the preprocessing whitens) the fitted mean and matrix
+
+Everything the labeler needs to turn a photo into the model's input is in ``metadata.json``
+(and ``whitening.npz``), so training and serving apply the same chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeler.model.preprocessing import PreprocessingConfig, Whitening
+
+FORMAT = "labeler-artifact"
+FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+LABELS_FILE = "labels.json"
+MODEL_FILE = "model.keras"
+WHITENING_FILE = "whitening.npz"
+KINDS = ("baseline_cnn", "transfer", "zero_shot", "untrained", "test")
+# Test-time augmentation views the classifier knows how to build
+# (labeler.model.preprocessing.tta_views).
+TTA_VIEWS = ("identity", "flip")
+# Sane ranges for the numbers in metadata.json. A temperature outside them is a corrupt or
+# hostile file, not a calibration: T=1e-300 turns every confidence into 1.0 (or NaN).
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+class ArtifactError(Exception):
+    """The model artifact is missing, incomplete or inconsistent."""
+
+
+@dataclass(frozen=True)
+class DecisionDefaults:
+    """Review thresholds recommended by training; settings may override them."""
+
+    review_threshold: float | None = None
+    review_margin: float | None = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    path: Path
+    name: str
+    version: str
+    kind: str
+    labels: tuple[str, ...]
+    preprocessing: PreprocessingConfig
+    temperature: float = 1.0
+    reject_labels: frozenset[str] = frozenset()
+    decision: DecisionDefaults = DecisionDefaults()
+    quality_note: str = ""
+    tta: tuple[str, ...] = ("identity",)
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / str(self.metadata.get("model_file", MODEL_FILE))
+
+    def describe(self) -> str:
+        """One line saying which model this is and what its labels are worth."""
+        note = f" - {self.quality_note}" if self.quality_note else ""
+        classes = len(self.labels)
+        return f"model {self.name} version {self.version} ({self.kind}, {classes} classes){note}"
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Read and validate an artifact directory (without loading the network itself)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ArtifactError(f"model artifact directory {root} does not exist")
+    meta = _read_json(root / METADATA_FILE)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError(f"{root / METADATA_FILE} is not a {FORMAT} metadata file")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{root}: artifact format version {meta.get('format_version')!r} is not supported "
+            f"(this labeler reads version {FORMAT_VERSION})"
+        )
+    for key in ("name", "version", "kind", "preprocessing"):
+        if key not in meta:
+            raise ArtifactError(f"{root / METADATA_FILE}: missing field {key!r}")
+    if meta["kind"] not in KINDS:
+        raise ArtifactError(f"{root}: unknown artifact kind {meta['kind']!r}")
+
+    labels = _read_json(root / str(meta.get("labels_file", LABELS_FILE)))
+    if (
+        not isinstance(labels, list)
+        or not labels
+        or not all(isinstance(x, str) and x for x in labels)
+    ):
+        raise ArtifactError(f"{root}: labels file must be a non-empty list of names")
+    if len(set(labels)) != len(labels):
+        raise ArtifactError(f"{root}: labels file has duplicate names")
+
+    model_file = root / str(meta.get("model_file", MODEL_FILE))
+    if not model_file.is_file():
+        raise ArtifactError(f"{root}: model file {model_file.name} is missing")
+
+    preprocessing = _parse_preprocessing(root, meta["preprocessing"])
+    calibration = _section(root, meta, "calibration")
+    low, high = TEMPERATURE_RANGE
+    temperature = _number(root, calibration, "temperature", 1.0, "calibration")
+    if not low <= temperature <= high:
+        raise ArtifactError(
+            f"{root}: calibration temperature must be between {low} and {high}, got {temperature}"
+        )
+    output = _section(root, meta, "output")
+    raw_reject = output.get("reject_labels", [])
+    if not isinstance(raw_reject, list) or not all(isinstance(x, str) for x in raw_reject):
+        raise ArtifactError(f"{root}: output.reject_labels must be a list of label names")
+    reject = frozenset(raw_reject)
+    if not reject <= set(labels):
+        raise ArtifactError(f"{root}: reject_labels {sorted(reject - set(labels))} are not labels")
+    decision = _section(root, meta, "decision")
+    tta = meta.get("tta", ["identity"])
+    if (
+        not isinstance(tta, list)
+        or not tta
+        or not all(isinstance(v, str) and v in TTA_VIEWS for v in tta)
+        or len(set(tta)) != len(tta)
+    ):
+        raise ArtifactError(
+            f"{root}: tta must be a non-empty list of distinct views from {TTA_VIEWS}, got {tta!r}"
+        )
+    if "flip" in tta and len(preprocessing.output_shape()) != 3:
+        raise ArtifactError(f"{root}: the flip view needs image input, not a feature vector")
+    defaults = DecisionDefaults(
+        review_threshold=_optional_fraction(root, decision, "review_threshold"),
+        review_margin=_optional_fraction(root, decision, "review_margin"),
+    )
+    return Artifact(
+        path=root,
+        name=str(meta["name"]),
+        version=str(meta["version"]),
+        kind=str(meta["kind"]),
+        labels=tuple(labels),
+        preprocessing=preprocessing,
+        temperature=temperature,
+        reject_labels=reject,
+        decision=defaults,
+        quality_note=str(meta.get("quality_note", "")),
+        tta=tuple(tta),
+        metadata=meta,
+    )
+
+
+def save_artifact(
+    directory: str | Path,
+    model: Any,
+    labels: list[str] | tuple[str, ...],
+    preprocessing: PreprocessingConfig,
+    *,
+    name: str,
+    kind: str,
+    version: str | None = None,
+    temperature: float = 1.0,
+    reject_labels: list[str] | None = None,
+    decision: dict[str, Any] | None = None,
+    quality_note: str = "",
+    tta: list[str] | tuple[str, ...] = ("identity",),
+    extra: dict[str, Any] | None = None,
+) -> Artifact:
+    """Write a Keras model and everything serving needs into ``directory``.
+
+    ``version`` defaults to the name plus a hash of the saved weights, so two different
+    trainings never share a version.
+    """
+    if kind not in KINDS:
+        raise ArtifactError(f"unknown artifact kind {kind!r}")
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    model.save(root / MODEL_FILE)
+    (root / LABELS_FILE).write_text(json.dumps(list(labels), indent=1) + "\n")
+    prep: dict[str, Any] = {**preprocessing.to_dict(), "whitening": None}
+    if preprocessing.whitening is not None:
+        w = preprocessing.whitening
+        np.savez(root / WHITENING_FILE, mean=w.mean, matrix=w.matrix)
+        prep["whitening"] = {"method": w.method, "epsilon": w.epsilon, "file": WHITENING_FILE}
+    if version is None:
+        digest = hashlib.sha256((root / MODEL_FILE).read_bytes()).hexdigest()[:10]
+        version = f"{name}-{digest}"
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "version": version,
+        "kind": kind,
+        "model_file": MODEL_FILE,
+        "labels_file": LABELS_FILE,
+        "preprocessing": prep,
+        "calibration": {"temperature": float(temperature)},
+        "output": {"reject_labels": list(reject_labels or [])},
+        "decision": decision or {},
+        "quality_note": quality_note,
+        "tta": list(tta),
+        **(extra or {}),
+    }
+    (root / METADATA_FILE).write_text(
+        json.dumps(meta, indent=2, default=_json_default, allow_nan=False) + "\n"
+    )
+    return load_artifact(root)
+
+
+def _parse_preprocessing(root: Path, raw: Any) -> PreprocessingConfig:
+    if not isinstance(raw, dict):
+        raise ArtifactError(f"{root}: preprocessing must be an object")
+    chain = {key: value for key, value in raw.items() if key != "whitening"}
+    try:
+        config = PreprocessingConfig.from_dict(chain)
+    except ValueError as exc:
+        raise ArtifactError(f"{root}: {exc}") from exc
+    height, width = config.image_size
+    if not (8 <= height <= 4096 and 8 <= width <= 4096):
+        raise ArtifactError(f"{root}: preprocessing.image_size {height}x{width} is out of range")
+    spec = raw.get("whitening")
+    if not spec:
+        return config
+    if not isinstance(spec, dict):
+        raise ArtifactError(f"{root}: preprocessing.whitening must be an object or null")
+    path = root / str(spec.get("file", WHITENING_FILE))
+    if not path.is_file():
+        raise ArtifactError(f"{root}: whitening file {path.name} is missing")
+    with np.load(path) as data:
+        mean, matrix = data["mean"], data["matrix"]
+    method = spec.get("method")
+    if method not in ("zca", "pca"):
+        raise ArtifactError(f"{root}: unknown whitening method {method!r}")
+    features = height * width * config.channels
+    if mean.shape != (features,) or matrix.shape[0] != mean.shape[0]:
+        raise ArtifactError(
+            f"{root}: whitening was fitted on {matrix.shape[0]} features but the image "
+            f"chain produces {features}"
+        )
+    whitening = Whitening(method, mean, matrix, float(spec.get("epsilon", 0.0)))
+    return replace(config, whitening=whitening)
+
+
+def _section(root: Path, meta: dict[str, Any], key: str) -> dict[str, Any]:
+    value = meta.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ArtifactError(f"{root}: {key} must be an object")
+    return value
+
+
+def _number(root: Path, section: dict[str, Any], key: str, default: float, where: str) -> float:
+    """A finite number from metadata; booleans and strings are refused, not coerced."""
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ArtifactError(f"{root}: {where}.{key} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ArtifactError(f"{root}: {where}.{key} must be finite, got {number}")
+    return number
+
+
+def _optional_fraction(root: Path, decision: dict[str, Any], key: str) -> float | None:
+    if decision.get(key) is None:
+        return None
+    value = _number(root, decision, key, 0.0, "decision")
+    if not 0.0 <= value <= 1.0:
+        raise ArtifactError(f"{root}: decision.{key} must be between 0 and 1, got {value}")
+    return value
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path} cannot be read: {exc}") from exc
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in metadata.json")

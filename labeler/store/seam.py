@@ -1,0 +1,334 @@
+"""What a labelling pass needs from the database, as one seam.
+
+:class:`Store` is the protocol the pass talks to; :class:`SqlStore` implements it over
+:mod:`labeler.store.repository` and :mod:`labeler.store.writeback` with one session per transaction
+(the
+repository functions take a session and never commit: each method here frames one
+transaction) and the shared retry policy for transient database errors. The unit tests use an
+in-memory fake (tests/fake_store.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session, sessionmaker
+
+from labeler.core.domain import Outcome, SaveCounts, SourceRow
+from labeler.shelter.source import Source, SourceError
+from labeler.store import repository as repo
+from labeler.store.engine import READ_ONLY, RetryPolicy, is_transient, short_error, with_retries
+from labeler.store.writeback import (
+    GroupPolicy,
+    Target,
+    TargetValueError,
+    apply_review,
+    fail_group,
+    settle_group,
+    sync_staff,
+)
+
+T = TypeVar("T")
+
+log = logging.getLogger("labeler.pass")
+
+
+class SourceChanged(SourceError):
+    """The configured source is not the one labeler_photo's rows were read from."""
+
+
+class Refused(Exception):
+    """The database refused an operation on these rows for good (not a transient error):
+    the rows (or the animal) fail with this reason, and the pass goes on."""
+
+
+class Store(Protocol):
+    """The database as a labelling pass sees it. Every method is one transaction; transient
+    errors are retried inside, so an exception out of a method is final."""
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the source groups photos by animal."""
+        ...
+
+    def start_run(self, *, command: str, worker: str, model_version: str, now: datetime) -> int: ...
+
+    def check_source(self) -> None:
+        """Raise :class:`SourceChanged` when the stored rows came from another source."""
+        ...
+
+    def discover(self, run_id: int, now: datetime) -> int: ...
+
+    def claimable_count(self, *, run_id: int, now: datetime, max_attempts: int) -> int: ...
+
+    def claim(
+        self,
+        token: str,
+        *,
+        run_id: int,
+        now: datetime,
+        ttl: timedelta,
+        limit: int,
+        max_attempts: int,
+    ) -> list[str]: ...
+
+    def fetch_rows(self, photo_ids: Sequence[str]) -> dict[str, SourceRow]:
+        """The claimed photos' source rows as they are now; raise :class:`Refused` when the
+        source cannot read (one of) them."""
+        ...
+
+    def save_outcomes(
+        self,
+        token: str,
+        run_id: int,
+        model_version: str,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+    ) -> SaveCounts: ...
+
+    def release(self, token: str, run_id: int) -> int: ...
+
+    def finish_run(
+        self, run_id: int, *, status: str, now: datetime, errors: str | None
+    ) -> Mapping[str, Any]:
+        """Close the run; returns its row (``released`` counts every release of the run)."""
+        ...
+
+    # one answer per animal, written to the target through labeler.store.writeback
+
+    def sync_staff(self, now: datetime) -> int: ...
+
+    def reviewed_groups(self, limit: int, max_attempts: int) -> list[Mapping[str, Any]]: ...
+
+    def apply_review(self, row: Mapping[str, Any], now: datetime) -> str:
+        """Write a reviewed breed; raise :class:`Refused` when the target refuses it."""
+        ...
+
+    def ready_groups(
+        self, *, run_id: int, max_attempts: int, now: datetime, limit: int
+    ) -> list[str]: ...
+
+    def settle_group(
+        self, group_id: str, policy: GroupPolicy, *, model_version: str, run_id: int, now: datetime
+    ) -> str:
+        """Decide one animal; raise :class:`Refused` when the target refuses the result."""
+        ...
+
+    def fail_group(self, group_id: str, reason: str, *, run_id: int, now: datetime) -> None: ...
+
+
+class SqlStore:
+    """:class:`Store` over SQLAlchemy: the labeler's tables, the source and the target."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: Source,
+        target: Target | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        stop: threading.Event | None = None,
+        image_limit: repo.ImageLimit | None = None,
+    ) -> None:
+        self.sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
+        # Transactions that only read: no write lock on SQLite (labeler.store.engine.READ_ONLY).
+        self.read_sessions: sessionmaker[Session] = sessionmaker(
+            engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
+        self.source = source
+        self.target = target
+        self.retry = retry or RetryPolicy()
+        # A shutdown request cuts a retry's backoff short (see labeler.store.engine.with_retries).
+        self.stop = stop or threading.Event()
+        # LABELER_MAX_IMAGE_BYTES, checked by the database before a value is read.
+        self.image_limit = image_limit
+
+    @property
+    def grouped(self) -> bool:
+        return self.source.group_column is not None
+
+    def _tx(self, what: str, fn: Callable[[Session], T], *, read_only: bool = False) -> T:
+        sessions = self.read_sessions if read_only else self.sessions
+
+        def action() -> T:
+            with sessions.begin() as session:
+                return fn(session)
+
+        return with_retries(action, self.retry, self.stop, what)
+
+    def _refusable(
+        self,
+        what: str,
+        fn: Callable[[Session], T],
+        *errors: type[Exception],
+        read_only: bool = False,
+    ) -> T:
+        catch: tuple[type[Exception], ...] = (StatementError, *errors)
+        try:
+            return self._tx(what, fn, read_only=read_only)
+        except catch as exc:
+            if is_transient(exc):
+                raise
+            raise Refused(short_error(exc)) from exc
+
+    def start_run(self, *, command: str, worker: str, model_version: str, now: datetime) -> int:
+        return self._tx(
+            "starting the run",
+            lambda s: repo.start_run(
+                s, command=command, worker=worker, model_version=model_version, now=now
+            ),
+        )
+
+    def check_source(self) -> None:
+        self._tx("checking the source", self._check_source)
+
+    def _check_source(self, session: Session) -> None:
+        """Refuse to mix rows of two sources: their ids mean different photos."""
+        name = self.source.name
+        other = repo.other_source(session, name)
+        if other is not None:
+            raise SourceChanged(
+                f"labeler_photo holds rows read from {other}, but the settings now name "
+                f"{name} (LABELER_SOURCE_TABLE / LABELER_SOURCE_ID_COLUMN). If the "
+                "change is intended, run `labeler reset-source --yes` (it forgets the old "
+                "source's photo rows; per-animal results and staff decisions stay)."
+            )
+        repo.adopt_source(session, name)
+
+    def discover(self, run_id: int, now: datetime) -> int:
+        """Register new photos. Rows whose id or group value is too long for labeler's
+        columns are left out, and said so every pass: in the log and in the run's errors."""
+
+        def action(session: Session) -> int:
+            found = repo.discover(session, self.source, now)
+            repo.add_run_counts(session, run_id, discovered=found)
+            refused = repo.refused_ids(session, self.source).message(self.source)
+            if refused:
+                repo.add_run_error(session, run_id, refused)
+                log.warning("%s", refused, extra={"run_id": run_id})
+            return found
+
+        return self._tx("finding new photos", action)
+
+    def claimable_count(self, *, run_id: int, now: datetime, max_attempts: int) -> int:
+        return self._tx(
+            "counting pending photos",
+            lambda s: repo.claimable_count(s, now=now, max_attempts=max_attempts, run_id=run_id),
+        )
+
+    def claim(
+        self,
+        token: str,
+        *,
+        run_id: int,
+        now: datetime,
+        ttl: timedelta,
+        limit: int,
+        max_attempts: int,
+    ) -> list[str]:
+        return self._tx(
+            "claiming photos",
+            lambda s: repo.claim(
+                s,
+                token,
+                now=now,
+                ttl=ttl,
+                limit=limit,
+                max_attempts=max_attempts,
+                run_id=run_id,
+            ),
+        )
+
+    def fetch_rows(self, photo_ids: Sequence[str]) -> dict[str, SourceRow]:
+        return self._refusable(
+            "reading photos",
+            lambda s: repo.fetch_rows(s, self.source, photo_ids, self.image_limit),
+            read_only=True,
+        )
+
+    def save_outcomes(
+        self,
+        token: str,
+        run_id: int,
+        model_version: str,
+        outcomes: Sequence[Outcome],
+        now: datetime,
+    ) -> SaveCounts:
+        return self._tx(
+            "saving results",
+            lambda s: repo.save_outcomes(
+                s, self.source, token, run_id, model_version, outcomes, now
+            ),
+        )
+
+    def release(self, token: str, run_id: int) -> int:
+        def action(session: Session) -> int:
+            n = repo.release(session, token)
+            repo.add_run_counts(session, run_id, released=n)
+            return n
+
+        return self._tx("releasing claims", action)
+
+    def finish_run(
+        self, run_id: int, *, status: str, now: datetime, errors: str | None
+    ) -> Mapping[str, Any]:
+        return self._tx(
+            "recording the run",
+            lambda s: repo.finish_run(s, run_id, status=status, now=now, errors=errors),
+        )
+
+    def sync_staff(self, now: datetime) -> int:
+        target = self.target
+        if target is None:
+            return 0
+        return self._tx("reading staff decisions", lambda s: sync_staff(s, target, now))
+
+    def reviewed_groups(self, limit: int, max_attempts: int) -> list[Mapping[str, Any]]:
+        return list(
+            self._tx("reading reviews", lambda s: repo.reviewed_groups(s, limit, max_attempts))
+        )
+
+    def apply_review(self, row: Mapping[str, Any], now: datetime) -> str:
+        return self._refusable(
+            "writing a reviewed breed",
+            lambda s: apply_review(s, self.target, row, now),
+            TargetValueError,
+        )
+
+    def ready_groups(
+        self, *, run_id: int, max_attempts: int, now: datetime, limit: int
+    ) -> list[str]:
+        return self._tx(
+            "finding animals to decide",
+            lambda s: repo.ready_groups(
+                s, run_id=run_id, max_attempts=max_attempts, now=now, limit=limit
+            ),
+        )
+
+    def settle_group(
+        self, group_id: str, policy: GroupPolicy, *, model_version: str, run_id: int, now: datetime
+    ) -> str:
+        return self._refusable(
+            "deciding an animal",
+            lambda s: settle_group(
+                s,
+                group_id,
+                self.target,
+                policy,
+                model_version=model_version,
+                run_id=run_id,
+                now=now,
+            ),
+            TargetValueError,
+        )
+
+    def fail_group(self, group_id: str, reason: str, *, run_id: int, now: datetime) -> None:
+        self._tx(
+            "recording a failed animal",
+            lambda s: fail_group(s, group_id, reason, run_id=run_id, now=now),
+        )

@@ -1,0 +1,549 @@
+"""The write-back target: the shelter's own record of an animal (e.g. ASM3's ``animal`` table),
+reflected at start-up, and the conversion of breed-map text to the target columns' types."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from sqlalchemy import Column, Connection, Table
+from sqlalchemy.orm import Session
+
+from labeler.config.settings import Settings, setting_default
+from labeler.core.domain import NOT_A_BREED, Prediction
+from labeler.decide.audit import is_audit
+from labeler.decide.decision import Thresholds
+from labeler.decide.grouping import decide_group, parse_scores
+from labeler.decide.thresholds import GroupVerdict
+from labeler.shelter.source import SourceError, reflect_table
+from labeler.store import repository as repo
+from labeler.store.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, REVIEWED
+
+
+class TargetValueError(ValueError):
+    """A breed-map or undecided value does not fit the target column's type."""
+
+
+@dataclass(frozen=True)
+class Target:
+    table: Table
+    key_column: str
+    columns: tuple[str, ...]  # the columns labeler sets: the breed map's columns
+    undecided: Mapping[str, str]  # column -> text meaning "no breed yet"
+    lookup: Callable[[str], Mapping[str, str] | None]  # our label -> target values (text)
+    label_for: Callable[[Mapping[str, object]], str | None] | None = None
+
+    @property
+    def key(self) -> Column[Any]:
+        return self.table.c[self.key_column]
+
+    def key_value(self, group_id: str) -> Any:
+        return _convert(self.key, group_id)
+
+    def typed(self, values: Mapping[str, str]) -> dict[str, Any]:
+        """Text values -> the target columns' Python types, ready to bind."""
+        return {name: _convert(self.table.c[name], value) for name, value in values.items()}
+
+    def undecided_values(self) -> dict[str, str]:
+        """What a withdrawal writes: the undecided values (columns without one stay)."""
+        return dict(self.undecided)
+
+
+def _convert(column: Column[Any], value: str) -> Any:
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        return value
+    try:
+        if python_type is int:
+            return int(value)
+        if python_type is float:
+            return float(value)
+        if python_type is Decimal:
+            return Decimal(value)
+    except (ValueError, InvalidOperation) as exc:
+        raise TargetValueError(
+            f"value {value!r} does not fit column {column.name} ({column.type})"
+        ) from exc
+    return value
+
+
+def as_text(value: object) -> str | None:
+    """A target value as the breed map writes it, for comparisons in Python."""
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def values_json(values: Mapping[str, str] | None) -> str | None:
+    if values is None:
+        return None
+    return json.dumps(dict(values), sort_keys=True, ensure_ascii=False)
+
+
+def parse_values(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
+def same_values(current: Mapping[str, str | None], wanted: Mapping[str, str] | None) -> bool:
+    """The target row holds exactly ``wanted`` (in the columns ``wanted`` names)."""
+    if not wanted:
+        return False
+    return all(current.get(k) == v for k, v in wanted.items())
+
+
+def reflect_target(conn: Connection, settings: Settings) -> Target | None:
+    """The configured target with its breed map, checked against the database; None if unset."""
+    if not settings.target_table or not settings.target_key_column or not settings.breed_map:
+        return None
+    from labeler.shelter.breedmap import BreedMapError, load_breed_map
+
+    try:
+        breed_map = load_breed_map(settings.breed_map)
+    except (BreedMapError, OSError) as exc:
+        raise SourceError(f"LABELER_BREED_MAP={settings.breed_map}: {exc}") from exc
+    table = reflect_table(conn, settings.target_table, "target", "LABELER_TARGET_TABLE")
+    have = ", ".join(sorted(table.c.keys()))
+    if settings.target_key_column not in table.c:
+        raise SourceError(
+            f"LABELER_TARGET_KEY_COLUMN={settings.target_key_column!r}: no such column in "
+            f"{settings.target_table!r} (it has {have})"
+        )
+    # the map's header says `BreedID`; PostgreSQL reports ASM3's columns as `breedid`.
+    try:
+        breed_map = breed_map.matched_to(table.c.keys())
+    except BreedMapError:
+        missing = [c for c in breed_map.columns if c.lower() not in {k.lower() for k in table.c}]
+        raise SourceError(
+            f"LABELER_BREED_MAP names column {(missing or breed_map.columns)[0]!r}, which "
+            f"{settings.target_table!r} does not have (it has {have})"
+        ) from None
+    for column in settings.target_undecided:
+        if column not in breed_map.columns:
+            raise SourceError(
+                f"LABELER_TARGET_UNDECIDED names column {column!r}, which is not one of the "
+                f"breed map's columns ({', '.join(breed_map.columns)})"
+            )
+    target = Target(
+        table=table,
+        key_column=settings.target_key_column,
+        columns=tuple(breed_map.columns),
+        undecided=dict(settings.target_undecided),
+        lookup=breed_map.lookup,
+        label_for=breed_map.label_for,
+    )
+    try:
+        target.typed(target.undecided)
+    except TargetValueError as exc:
+        raise SourceError(f"LABELER_TARGET_UNDECIDED: {exc}") from exc
+    return target
+
+
+# --- deciding an animal and writing its breed -------------------------------------------------
+
+STAFF_REASON = "staff set the breed in the shelter's own record"
+
+
+@dataclass(frozen=True)
+class GroupPolicy:
+    thresholds: Thresholds
+    disagreement: float = setting_default("group_disagreement")
+    max_attempts: int = setting_default("max_attempts")
+
+
+def _undecided(target: Target, current: Mapping[str, str | None]) -> bool:
+    return same_values(current, target.undecided)
+
+
+def _record_staff(
+    session: Session, group_id: str, current: Mapping[str, str | None], now: datetime
+) -> str:
+    """Staff decided in their own UI: remember what they chose, close the review item, and
+    never write this animal's record again."""
+    repo.save_group(
+        session,
+        group_id,
+        {
+            "status": REVIEWED,
+            "staff_values": repo.storable(json.dumps(dict(current), sort_keys=True), 1000),
+            "staff_seen_at": now,
+            "review_reason": STAFF_REASON,
+            "updated_at": now,
+        },
+    )
+    return REVIEWED
+
+
+def settle_group(
+    session: Session,
+    group_id: str,
+    target: Target | None,
+    policy: GroupPolicy,
+    *,
+    model_version: str,
+    run_id: int,
+    now: datetime,
+) -> str:
+    """Decide one animal from its photos and write the result (or withdraw an earlier one)
+    under the same-statement guard. Returns the animal's new status."""
+    row = repo.get_group(session, group_id, lock=True)
+    if row is None or row["status"] == REVIEWED or row["staff_values"] or row["reviewed_breed"]:
+        return str(row["status"]) if row else GONE
+    photos = repo.group_photos(session, group_id)
+    live = [p for p in photos if p["status"] != GONE]
+    base: dict[str, Any] = {"run_id": run_id, "updated_at": now, "decided_at": now}
+    if not live:
+        gone: dict[str, Any] = {
+            **base,
+            "status": GONE,
+            "photos_used": 0,
+            "review_reason": None,
+            "last_error": None,
+        }
+        written = parse_values(row["written_values"])
+        # The answer came from photos that no longer count (the animal was re-filed as a cat,
+        # its photos deleted): take labeler's own value back off the record, if it is still
+        # there; a record someone changed since stays as it is.
+        if target is not None and written:
+            repo.write_target(session, target, group_id, target.undecided, written)
+            gone.update(written_values=None, written_at=now)
+        repo.save_group(session, group_id, gone)
+        return GONE
+    context = next((p["context"] for p in live if p["context"]), None)
+    scored = [
+        s
+        for p in live
+        if p["status"] in (LABELLED, NEEDS_REVIEW)
+        for s in [parse_scores(str(p["photo_id"]), p["scores"])]
+        if s is not None
+    ]
+    if not scored:
+        repo.save_group(
+            session,
+            group_id,
+            {
+                **base,
+                "status": FAILED,
+                "attempts": 0,
+                "photos_used": 0,
+                "context": context,
+                "last_error": "no photo of this animal could be classified",
+            },
+        )
+        return FAILED
+    decision = decide_group(
+        scored,
+        policy.thresholds,
+        policy.disagreement,
+        target.lookup if target else None,
+        audit=is_audit(group_id, model_version, policy.thresholds.audit_share),
+    )
+    assert decision.prediction is not None
+    result: dict[str, Any] = {
+        **base,
+        **_top3(decision.prediction),
+        "status": decision.status,
+        "photos_used": len(scored),
+        "photo_ids": repo.storable(",".join(decision.photo_ids), 1000),
+        "model_version": repo.storable(model_version, 128),
+        "review_reason": repo.storable(decision.reason, 255),
+        "audit": int(decision.audit),
+        "context": context,
+        "attempts": 0,
+        "last_error": None,
+    }
+    if target is not None:
+        current = repo.read_targets(session, target, [group_id]).get(group_id)
+        written = parse_values(row["written_values"])
+        if current is None:
+            result.update(
+                status=NEEDS_REVIEW,
+                review_reason=repo.storable(
+                    f"no {target.table.name} record with {target.key_column} = {group_id}", 255
+                ),
+            )
+        elif not _undecided(target, current) and not same_values(current, written):
+            return _record_staff(session, group_id, current, now)
+        elif decision.status == LABELLED and decision.values is not None:
+            if not same_values(current, decision.values) and not repo.write_target(
+                session, target, group_id, decision.values, written
+            ):
+                return _staff_or_gone(session, target, group_id, now)
+            result.update(written_values=values_json(decision.values), written_at=now)
+        elif written:
+            # The earlier answer no longer stands: give the record back its undecided values.
+            if not repo.write_target(session, target, group_id, target.undecided, written):
+                return _staff_or_gone(session, target, group_id, now)
+            result.update(written_values=None, written_at=now)
+    repo.save_group(session, group_id, result)
+    return str(result["status"])
+
+
+def _staff_or_gone(session: Session, target: Target, group_id: str, now: datetime) -> str:
+    current = repo.read_targets(session, target, [group_id]).get(group_id)
+    if current is None:
+        repo.save_group(
+            session,
+            group_id,
+            {
+                "status": NEEDS_REVIEW,
+                "updated_at": now,
+                "review_reason": f"the {target.table.name} record vanished while labelling"[:255],
+            },
+        )
+        return NEEDS_REVIEW
+    return _record_staff(session, group_id, current, now)
+
+
+def _top3(prediction: Prediction) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for i, suffix in enumerate(("", "_2", "_3")):
+        label, p = prediction.candidates[i] if i < len(prediction.candidates) else (None, None)
+        out[f"breed{suffix}"] = repo.storable(label, 128)
+        out[f"confidence{suffix}"] = p
+    return out
+
+
+def fail_group(session: Session, group_id: str, reason: str, *, run_id: int, now: datetime) -> None:
+    """A permanent error while writing this animal: count an attempt, keep the reason."""
+    repo.save_group(
+        session,
+        group_id,
+        {
+            "status": FAILED,
+            "attempts": repo.group.c.attempts + 1,
+            "last_error": repo.storable(reason, 1000),
+            "run_id": run_id,
+            "updated_at": now,
+        },
+    )
+
+
+def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500) -> int:
+    """Record every breed staff set in their own UI on an animal no person decided yet."""
+    found = 0
+    after: str | None = None
+    while True:
+        rows = repo.open_groups(session, after, limit)
+        if not rows:
+            return found
+        after = str(rows[-1]["group_id"])
+        current = repo.read_targets(session, target, [str(r["group_id"]) for r in rows])
+        for r in rows:
+            values = current.get(str(r["group_id"]))
+            if values is None or _undecided(target, values):
+                continue
+            if same_values(values, parse_values(r["written_values"])):
+                continue
+            # Another labeler may have written this animal since the read above: decide again
+            # with the row locked and the record read afresh.
+            gid = str(r["group_id"])
+            fresh = repo.get_group(session, gid, lock=True)
+            values = repo.read_targets(session, target, [gid]).get(gid)
+            if fresh is None or fresh["staff_values"] or values is None:
+                continue
+            if _undecided(target, values) or same_values(
+                values, parse_values(fresh["written_values"])
+            ):
+                continue
+            _record_staff(session, gid, values, now)
+            found += 1
+
+
+def apply_review(
+    session: Session, target: Target | None, row: Mapping[str, Any], now: datetime
+) -> str:
+    """Write a reviewed breed set on labeler's side to the animal's record (same guard)."""
+    locked = repo.get_group(session, str(row["group_id"]), lock=True)
+    if (
+        locked is None
+        or locked["status"] in (REVIEWED, GONE)
+        or locked["staff_values"]
+        or not locked["reviewed_breed"]
+    ):
+        return "skipped"  # decided meanwhile (another labeler, or staff)
+    row = locked
+    group_id, breed = str(row["group_id"]), str(row["reviewed_breed"])
+    if target is None:
+        repo.save_group(session, group_id, {"status": REVIEWED, "updated_at": now})
+        return REVIEWED
+    values = target.lookup(breed)
+    if values is None:
+        repo.save_group(
+            session,
+            group_id,
+            {
+                "last_error": repo.storable(
+                    f"reviewed breed {breed!r} is not in the breed map", 1000
+                ),
+                "updated_at": now,
+            },
+        )
+        return "unmapped"
+    written = parse_values(row["written_values"])
+    current = repo.read_targets(session, target, [group_id]).get(group_id)
+    if current is None:
+        repo.save_group(
+            session,
+            group_id,
+            {"last_error": "the animal's record does not exist", "updated_at": now},
+        )
+        return "missing"
+    if not (
+        _undecided(target, current) or same_values(current, written) or same_values(current, values)
+    ):
+        return _record_staff(session, group_id, current, now)
+    if not same_values(current, values) and not repo.write_target(
+        session, target, group_id, values, written
+    ):
+        return _staff_or_gone(session, target, group_id, now)
+    repo.save_group(
+        session,
+        group_id,
+        {
+            "status": REVIEWED,
+            "written_values": values_json(values),
+            "written_at": now,
+            "last_error": None,
+            "updated_at": now,
+        },
+    )
+    return REVIEWED
+
+
+# --- `labeler check` --------------------------------------------------------------------------
+
+
+class CheckFailed(Exception):
+    """A shelter-fit setting would misbehave at night; the message says which and why."""
+
+
+def check_source_rows(session: Session, source: Any) -> str:
+    """Count the rows the filter selects; fail at 0, warn when letter case decides a match
+    (MariaDB's default collation ignores case, PostgreSQL and SQLite do not), and warn about
+    rows whose id or group value is too long for labeler's columns (discovery leaves them
+    out with the same warning)."""
+    exact, _ = repo.count_source_rows(session, source)
+    found = repo.filter_value_counts(session, source)
+    wanted = set(source.filter_values)
+    differs = {v: n for v, n in found.items() if v not in wanted}
+    case_note = ""
+    if differs:
+        spelled = ", ".join(f"{v!r} ({n} rows)" for v, n in sorted(differs.items()))
+        case_note = (
+            f"; the data spells the filter value as {spelled}: only a server that ignores "
+            "letter case (MariaDB) matches it - write LABELER_SOURCE_FILTER_VALUES exactly as "
+            "stored"
+        )
+    if exact == 0 and source.filter_values:
+        raise CheckFailed(f"no source row matches the filter{case_note}")
+    if exact == 0:
+        return "the source has no rows yet (warning: nothing to label)"
+    too_long = repo.refused_ids(session, source).message(source)
+    notes = case_note + (f"; {too_long}" if too_long else "")
+    warning = f" (warning{notes})" if notes else ""
+    return f"{exact} source rows match the filter{warning}"
+
+
+def check_target(session: Session, source: Any, target: Target) -> str:
+    """Every mapped value fits its column, and the write-back statement runs on one record
+    (the caller rolls it back): catches short columns, wrong types, views that are not
+    updatable and missing grants before the first night."""
+    problems: list[str] = []
+    labels = sorted(_model_labels())
+    longest: Mapping[str, str] | None = None
+    unmapped: list[str] = []
+    for label in labels:
+        values = target.lookup(label)
+        if values is None:
+            if label not in NOT_A_BREED:
+                unmapped.append(label)
+            continue
+        try:
+            target.typed(values)
+        except TargetValueError as exc:
+            problems.append(f"{label}: {exc}")
+            continue
+        for name, value in values.items():
+            length = getattr(target.table.c[name].type, "length", None)
+            if length is not None and len(value) > length:
+                problems.append(
+                    f"{label}: {value!r} is longer than {target.table.name}.{name} ({length})"
+                )
+        if longest is None or sum(map(len, values.values())) > sum(map(len, longest.values())):
+            longest = values
+    if problems:
+        raise CheckFailed(
+            f"{len(problems)} breed-map values do not fit the target: " + "; ".join(problems[:3])
+        )
+    note = ""
+    if unmapped:
+        shown = ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else "")
+        note = f"; warning: {len(unmapped)} labels have no breed-map entry ({shown}): their "
+        note += "animals always go to review"
+    key = repo.some_group_key(session, source)
+    if key is None or longest is None:
+        return f"breed map fits the target columns (no animal to try the write-back on){note}"
+    rows = repo.try_write_target(session, target, key, longest)
+    if rows == 0:
+        raise CheckFailed(
+            f"no {target.table.name} record has {target.key_column} = {key!r}, an animal id "
+            "from the source: LABELER_TARGET_KEY_COLUMN must match LABELER_SOURCE_GROUP_COLUMN"
+        )
+    return (
+        f"write-back to {target.table.name} works "
+        f"(tried on {target.key_column} = {key}, rolled back){note}"
+    )
+
+
+def _model_labels() -> list[str]:
+    """The labels the model can give (the map is keyed by them)."""
+    from labeler.shelter.breedmap import model_labels
+
+    return model_labels()
+
+
+def group_verdicts(
+    session: Session, lookup: Callable[[str], Mapping[str, str] | None] | None
+) -> list[GroupVerdict]:
+    """What staff said about each decided animal: a reviewed breed on labeler's side, or the
+    breed they set in their own UI, compared with the animal's answer through the breed map."""
+    verdicts = []
+    for row in repo.group_decided_rows(session):
+        breed = str(row["breed"])
+        agrees: bool | None = None
+        if row["reviewed_breed"]:
+            agrees = str(row["reviewed_breed"]).strip().lower() == breed.strip().lower()
+        else:
+            staff = parse_values(row["staff_values"])
+            wanted = lookup(breed) if lookup else None
+            if staff is not None:
+                # Column names as the server reports them (PostgreSQL folds them to lower case)
+                # against the breed map's spelling.
+                agrees = same_values(
+                    {k.lower(): v for k, v in staff.items()},
+                    {k.lower(): v for k, v in wanted.items()} if wanted else None,
+                )
+        audit = bool(row["audit"])
+        verdicts.append(
+            GroupVerdict(
+                model_version=str(row["model_version"]),
+                auto=not audit and row["review_reason"] is None,
+                audit=audit,
+                doubtful=not audit and row["review_reason"] is not None,
+                staff_agrees=agrees,
+            )
+        )
+    return verdicts
