@@ -119,7 +119,12 @@ def test_the_packaged_labels_are_the_shared_breed_list() -> None:
 def test_the_shipped_asm3_map() -> None:
     bmap = load_breed_map(demo_shelter.default_breed_map())  # validated against the 120 labels
     breeds = {i: (name, species) for i, name, species in demo_shelter.asm3_breeds()}
-    assert bmap.columns == ("BreedID", "BreedName")
+    assert bmap.columns == ("BreedID", "BreedName", "Breed2ID", "CrossBreed")
+    # A single breed as ASM3 itself saves it: the second breed repeats the first, no cross.
+    for label in bmap.mapped_labels:
+        values = bmap.lookup(label)
+        assert values is not None
+        assert values["Breed2ID"] == values["BreedID"] and values["CrossBreed"] == "0", label
     unmapped = set(model_labels()) - bmap.mapped_labels
     assert unmapped == NOT_BREEDS | {"toy_terrier", "curly-coated_retriever", "Sussex_spaniel"}
     # Every unmapped label is listed in the file as a comment, so a reader sees the gap.
@@ -131,14 +136,26 @@ def test_the_shipped_asm3_map() -> None:
         assert values is not None
         name, species = breeds[int(values["BreedID"])]
         assert (values["BreedName"], species) == (name, 1), label
-    assert bmap.lookup("golden_retriever") == {"BreedID": "96", "BreedName": "Golden Retriever"}
-    assert bmap.lookup("German_shepherd") == {"BreedID": "92", "BreedName": "German Shepherd Dog"}
+    assert bmap.lookup("golden_retriever") == {
+        "BreedID": "96",
+        "BreedName": "Golden Retriever",
+        "Breed2ID": "96",
+        "CrossBreed": "0",
+    }
+    assert bmap.lookup("German_shepherd") == {
+        "BreedID": "92",
+        "BreedName": "German Shepherd Dog",
+        "Breed2ID": "92",
+        "CrossBreed": "0",
+    }
     assert (
         bmap.lookup("Pembroke")
         == bmap.lookup("Cardigan")
         == {
             "BreedID": "209",
             "BreedName": "Welsh Corgi",
+            "Breed2ID": "209",
+            "CrossBreed": "0",
         }
     )
     assert bmap.lookup("dingo") is None
@@ -258,7 +275,8 @@ def test_labeler_check_compares_the_map_with_the_breed_table(
 
     main(["check"])
     out = capsys.readouterr().out
-    assert "ok    breed map: 114 labels mapped to BreedID, BreedName; matches table breed" in out
+    mapped = "114 labels mapped to BreedID, BreedName, Breed2ID, CrossBreed"
+    assert f"ok    breed map: {mapped}; matches table breed" in out
 
     shipped = demo_shelter.default_breed_map().read_text()
     typo = tmp_path / "typo.csv"

@@ -62,7 +62,11 @@ def _check_the_story(state: dict[str, Any], out: str) -> None:
             assert breed_map.lookup(answer.breed) == {
                 "BreedID": str(record["breed_id"]),
                 "BreedName": record["breed_name"],
+                "Breed2ID": str(record["breed2_id"]),
+                "CrossBreed": str(record["cross_breed"]),
             }
+            # A single breed, as ASM3 itself saves one.
+            assert (record["breed2_id"], record["cross_breed"]) == (record["breed_id"], 0)
         else:
             assert (record["breed_id"], record["breed_name"]) == (442, "Mixed Breed")
             assert str(animal_id) in state["queue"] and answer.review_reason

@@ -91,7 +91,10 @@ def _set_breed(shelter: Asm3Shelter, animal: int, breed_id: int, name: str) -> N
     try:
         with engine.begin() as conn:
             conn.execute(
-                text("UPDATE animal SET BreedID = :b, BreedName = :n WHERE ID = :id"),
+                text(
+                    "UPDATE animal SET BreedID = :b, Breed2ID = :b, CrossBreed = 0, "
+                    "BreedName = :n WHERE ID = :id"
+                ),
                 {"b": breed_id, "n": name, "id": animal},
             )
     finally:
@@ -379,7 +382,7 @@ def test_check_proves_the_shelter_settings(
 
     # A map value longer than the column, and one that is not a number.
     long_map = tmp_path / "long.csv"
-    long_map.write_text(breed_map.read_text().replace(",Beagle\n", "," + "Beagle " * 40 + "\n"))
+    long_map.write_text(breed_map.read_text().replace(",Beagle,", "," + "Beagle " * 40 + ","))
     monkeypatch.setenv("LABELER_BREED_MAP", str(long_map))
     line = _check_lines(capsys)["write-back"]
     assert line.startswith("FAIL") and "longer than" in line, line

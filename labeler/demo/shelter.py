@@ -410,7 +410,8 @@ def animals(conn: Connection) -> list[dict[str, Any]]:
     rows = conn.execute(
         text(
             "SELECT a.ID AS id, a.AnimalName AS name, a.ShelterCode AS code, "
-            "s.SpeciesName AS species, a.BreedID AS breed_id, a.BreedName AS breed_name "
+            "s.SpeciesName AS species, a.BreedID AS breed_id, a.BreedName AS breed_name, "
+            "a.Breed2ID AS breed2_id, a.CrossBreed AS cross_breed "
             "FROM animal a JOIN species s ON s.ID = a.SpeciesID ORDER BY a.ID"
         )
     )

@@ -56,7 +56,9 @@ def read_rows(
 ) -> tuple[dict[str, SourceRow], dict[str, str]]:
     """The source rows, and the reasons of rows that cannot be read: a view that raises on
     one row is narrowed down (halving) to that row, and only it fails; a row the source
-    refused to send (its image over the size limit) fails with the source row's error."""
+    refused to send (its image over the size limit) fails with the source row's error. An
+    error of the source itself (SourceUnreadable) is no row's fault and is not narrowed: it
+    stops the pass."""
     rows, bad = _read_narrowing(fetch, ids)
     for photo_id, row in rows.items():
         if row.error and photo_id not in bad:

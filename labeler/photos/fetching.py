@@ -53,6 +53,7 @@ _HEX_BODY = re.compile(rb"(?:\\x|0x)?[0-9A-Fa-f]+")
 _WHITESPACE = re.compile(rb"\s+")
 _URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,15}://")
 # Text whose first characters could be a file path in a binary column (no markup, one line).
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f<>{}\[\]]")
 _PATH_TEXT = re.compile(r"[^\x00-\x1f\x7f<>{}\[\]]{1,1024}")
 _IMAGE_SUFFIXES = (
     *(".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"),
@@ -150,6 +151,18 @@ def _classify(value: Any, config: LoaderConfig | None) -> tuple[str, Any]:
     raise ImageError(f"unsupported image value of type {type(value).__name__}")
 
 
+def _shaped_like_path(text: str) -> bool:
+    """With a photo root, text that decodes to no image and reads like a file name is one, so
+    it gets a path's reason ("does not exist", "file name too long"), not base64's.
+
+    Only base64 has ``+`` and ``=`` padding, and a pure hex body without a folder is hex;
+    corrupt base64 of any length without a ``+`` is vanishingly rare.
+    """
+    if "+" in text or text.endswith("=") or _ANY_CONTROL.search(text):
+        return False
+    return "/" in text or not _HEX_BODY.fullmatch(text.encode("ascii", "replace"))
+
+
 def _classify_text(text: str, config: LoaderConfig | None, from_binary: bool) -> str | None:
     if _URL_SCHEME.match(text):
         return "url"
@@ -160,7 +173,11 @@ def _classify_text(text: str, config: LoaderConfig | None, from_binary: bool) ->
         return "base64"
     if _encoded_format(head, "hex"):
         return "hex"
-    if config is not None and config.photo_root is not None and _exists_under(text, config):
+    if (
+        config is not None
+        and config.photo_root is not None
+        and (_exists_under(text, config) or _shaped_like_path(text))
+    ):
         return "path"
     # Hex before base64: hex digits are base64 letters too, but base64 of any real content is
     # never only hex digits.

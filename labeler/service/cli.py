@@ -274,14 +274,42 @@ def _check_writeback(settings: Settings, engine: Any) -> str:
     with engine.connect() as conn:
         src = reflect_source(conn, settings)
         target = reflect_target(conn, settings)
+    per_photo = ""
+    if src.writeback_breed_column:
+        per_photo = _check_source_write_back(src, engine)
     if target is None:
-        return "not configured (LABELER_TARGET_TABLE is not set)"
+        return per_photo or "not configured (LABELER_TARGET_TABLE is not set)"
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
             return check_target(Session(bind=conn), src, target)
         finally:
             transaction.rollback()
+
+
+def _check_source_write_back(src: Any, engine: Any) -> str:
+    """The per-photo write-back (LABELER_WRITEBACK_BREED_COLUMN) runs on one source row, inside
+    a transaction that is rolled back: a view that cannot be updated or a missing grant shows
+    here, not as a failure of every row."""
+    from sqlalchemy.orm import Session
+
+    from labeler.store import repository as repo
+    from labeler.store.engine import short_error
+
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            tried = repo.try_source_write_back(Session(bind=conn), src)
+        except Exception as exc:
+            raise RuntimeError(
+                f"LABELER_WRITEBACK_BREED_COLUMN={src.writeback_breed_column!r}: the write-back "
+                f"into {src.table.name} fails: {short_error(exc)}"
+            ) from exc
+        finally:
+            transaction.rollback()
+    if tried is None:
+        return "per-photo write-back configured (no source row to try it on)"
+    return f"per-photo write-back into {src.table.name} works (tried on id {tried}, rolled back)"
 
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Column, Connection, MetaData, Table, inspect
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import NoSuchTableError
+from sqlalchemy.types import NullType
 
 from labeler.config.settings import Settings
 
@@ -65,12 +67,37 @@ def reflect_table(conn: Connection, qualified_name: str, role: str, env: str) ->
     names = set(inspector.get_table_names(schema=schema or None)) | set(
         inspector.get_view_names(schema=schema or None)
     )
+    if conn.dialect.name == "postgresql":
+        # A materialized view is a common stable, cheap snapshot to hand a service.
+        names |= set(inspector.get_materialized_view_names(schema=schema or None))
     if name not in names:
         raise SourceError(f"{role} table or view {qualified_name!r} does not exist ({env})")
     try:
         return Table(name, MetaData(), schema=schema or None, autoload_with=conn)
     except NoSuchTableError as exc:
         raise SourceError(f"{role} table {qualified_name!r} cannot be read") from exc
+
+
+def check_image_column(column: Column[Any], dialect: Dialect) -> None:
+    """Photos are read from text (paths, URLs, base64) or binary columns only; any other type
+    (JSON, arrays, large-object ids) is refused here, once, instead of failing every row."""
+    if dialect.name == "sqlite" and isinstance(column.type, NullType):
+        return  # a SQLite column declared without a type holds whatever was stored
+    try:
+        python_type = column.type.python_type
+    except NotImplementedError:
+        python_type = None
+    if python_type in (str, bytes):
+        return
+    try:
+        shown = column.type.compile(dialect=dialect)
+    except Exception:
+        shown = str(column.type)
+    raise SourceError(
+        f"LABELER_SOURCE_IMAGE_COLUMN={column.name!r} is of type {shown}, which labeler cannot "
+        "read photos from: use a text column (file paths, URLs, base64) or a binary one "
+        "(bytea, BLOB), for example through a view that casts it"
+    )
 
 
 def reflect_source(conn: Connection, settings: Settings) -> Source:
@@ -93,6 +120,7 @@ def reflect_source(conn: Connection, settings: Settings) -> Source:
                 f"{env}={column!r}: no such column in {settings.source_table!r} "
                 f"(it has {', '.join(sorted(table.c.keys()))})"
             )
+    check_image_column(table.c[settings.source_image_column], conn.dialect)
     if settings.source_filter_column:
         check_filter_values(table.c[settings.source_filter_column], settings.source_filter_values)
     return Source(

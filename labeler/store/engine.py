@@ -5,6 +5,7 @@ retry, and the one retry policy used by both the pass and the scheduler."""
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +128,44 @@ def is_transient(exc: BaseException) -> bool:
         message = str(orig).lower()
         return any(w in message for w in ("locked", "busy", "disk i/o", "unable to open"))
     return True
+
+
+# Errors that name the source itself, not one of its rows: its table or a column is gone
+# (dropped, renamed), SELECT was revoked, a column's type changed under a filter. Every row
+# would fail the same way, so a pass must stop instead of failing photos one by one.
+# PostgreSQL SQLSTATEs: undefined_table, undefined_column, insufficient_privilege,
+# datatype_mismatch, undefined_function (an operator for the column's new type).
+_SQLSTATE_SOURCE = {
+    "42P01": "table",
+    "42703": "column",
+    "42501": "privilege",
+    "42804": "type",
+    "42883": "type",
+}
+# MariaDB/MySQL: no such table, unknown column, command denied, column denied, a view that
+# references a table or column that is no longer there.
+_MYSQL_SOURCE = {1146: "table", 1054: "column", 1142: "privilege", 1143: "privilege", 1356: "table"}
+_SQLITE_SOURCE = (("no such table", "table"), ("no such column", "column"))
+
+
+def source_error_kind(exc: BaseException) -> str | None:
+    """What a database error says is wrong with the statement's tables rather than a row:
+    ``"table"``, ``"column"``, ``"privilege"`` or ``"type"``; None for anything else
+    (a row's data, a transient outage, an error that is not the database's)."""
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return None
+    orig = exc.orig
+    module = type(orig).__module__
+    args = getattr(orig, "args", ())
+    if module.startswith("pymysql"):
+        return _MYSQL_SOURCE.get(args[0]) if args and isinstance(args[0], int) else None
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return _SQLSTATE_SOURCE.get(sqlstate)
+    if module.startswith("sqlite3") and isinstance(orig, sqlite3.OperationalError):
+        message = str(orig).lower()
+        return next((kind for words, kind in _SQLITE_SOURCE if words in message), None)
+    return None
 
 
 def short_error(exc: BaseException) -> str:

@@ -1312,6 +1312,35 @@ def read_targets(
     return out
 
 
+class NotOneRecord(ValueError):
+    """A write-back statement matched more than one record: the target key is not unique."""
+
+
+def _one_record(
+    session: Session, target: Any, group_id: str, statement: Any, *, nested: bool = True
+) -> int:
+    """Run an UPDATE meant for one record; more than one matched is undone and refused.
+
+    A key that is not unique (a view over a join, a column staff thought was an id) would
+    otherwise put one animal's breed on several records. The savepoint puts them back even if
+    a caller goes on with the transaction.
+    """
+    savepoint = session.begin_nested() if nested else None
+    result = session.execute(statement, execution_options={"preserve_rowcount": True})
+    changed = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if changed > 1:
+        if savepoint is not None:
+            savepoint.rollback()
+        raise NotOneRecord(
+            f"{changed} {target.table.name} records have {target.key_column} = {group_id!r}: "
+            "LABELER_TARGET_KEY_COLUMN must name a unique key of LABELER_TARGET_TABLE; "
+            "nothing was written"
+        )
+    if savepoint is not None:
+        savepoint.commit()
+    return changed
+
+
 def write_target(
     session: Session,
     target: Any,
@@ -1320,20 +1349,59 @@ def write_target(
     last_written: Mapping[str, str] | None,
 ) -> int:
     """Set the breed on the animal's record, in ONE statement guarded by what the record holds:
-    the undecided values or exactly what labeler wrote last. 0: someone else decided."""
+    the undecided values or exactly what labeler wrote last. 0: someone else decided. Changes
+    at most one record (:class:`NotOneRecord` otherwise)."""
     table = target.table
     undecided = target.typed(target.undecided)
     allowed = [and_(*[table.c[c] == v for c, v in undecided.items()])]
     if last_written:
         allowed.append(and_(*[table.c[c] == v for c, v in target.typed(last_written).items()]))
-    result = session.execute(
+    statement = (
         update(table)
         .where(*_same_key(session, target.key, target.key_value(group_id), group_id))
         .where(or_(*allowed))
-        .values(**target.typed(values)),
-        execution_options={"preserve_rowcount": True},
+        .values(**target.typed(values))
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return _one_record(session, target, group_id, statement)
+
+
+def duplicate_target_key(session: Session, target: Any) -> tuple[Any, int] | None:
+    """A key value that more than one target record holds, with its count; None if unique."""
+    key = target.key
+    row = session.execute(
+        select(key, func.count().label("n"))
+        .where(key.is_not(None))
+        .group_by(key)
+        .having(func.count() > 1)
+        .limit(1)
+    ).first()
+    return None if row is None else (row[0], int(row[1]))
+
+
+def undecided_record_count(session: Session, target: Any) -> int:
+    """How many target records hold the undecided values (LABELER_TARGET_UNDECIDED)."""
+    table = target.table
+    undecided = target.typed(target.undecided)
+    if not undecided:
+        return 0
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(table)
+            .where(*[table.c[c] == v for c, v in undecided.items()])
+        )
+        or 0
+    )
+
+
+def written_group_count(session: Session) -> int:
+    """How many animals labeler has written a breed for."""
+    return int(
+        session.scalar(
+            select(func.count()).select_from(group).where(group.c.written_values.is_not(None))
+        )
+        or 0
+    )
 
 
 def group_status_counts(session: Session) -> dict[str, int]:
@@ -1371,6 +1439,26 @@ def some_group_key(session: Session, source: Source) -> str | None:
         .limit(1)
     )
     return None if value is None else str(value)
+
+
+def try_source_write_back(session: Session, source: Source) -> str | None:
+    """The per-photo write-back statement on one source row, for `labeler check` (which rolls
+    it back); the id of the row it was tried on, or None when the source has no row."""
+    if not source.writeback_breed_column:
+        return None
+    photo_id = session.scalar(select(source.id).where(*_source_filter(source)).limit(1))
+    if photo_id is None:
+        return None
+    values: dict[str, Any] = {source.writeback_breed_column: "beagle"}
+    if source.writeback_confidence_column:
+        values[source.writeback_confidence_column] = 0.5
+    key = str(photo_id)
+    session.execute(
+        update(source.table)
+        .where(*_same_key(session, source.id, source.id_value(key), key))
+        .values(**values)
+    )
+    return key
 
 
 def group_rows(session: Session, limit: int = 500) -> list[dict[str, Any]]:
@@ -1437,10 +1525,9 @@ def try_write_target(
     session: Session, target: Any, group_id: str, values: Mapping[str, str]
 ) -> int:
     """The write-back statement on one record, for `labeler check` (which rolls it back)."""
-    result = session.execute(
+    statement = (
         update(target.table)
         .where(*_same_key(session, target.key, target.key_value(group_id), group_id))
-        .values(**target.typed(values)),
-        execution_options={"preserve_rowcount": True},
+        .values(**target.typed(values))
     )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+    return _one_record(session, target, group_id, statement, nested=False)

@@ -11,18 +11,26 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labeler.core.domain import Outcome, SaveCounts, SourceRow
 from labeler.shelter.source import Source, SourceError
 from labeler.store import repository as repo
-from labeler.store.engine import READ_ONLY, RetryPolicy, is_transient, short_error, with_retries
+from labeler.store.engine import (
+    READ_ONLY,
+    RetryPolicy,
+    is_transient,
+    short_error,
+    source_error_kind,
+    with_retries,
+)
 from labeler.store.writeback import (
     GroupPolicy,
     Target,
@@ -40,6 +48,14 @@ log = logging.getLogger("labeler.pass")
 
 class SourceChanged(SourceError):
     """The configured source is not the one labeler_photo's rows were read from."""
+
+
+class SourceUnreadable(Exception):
+    """The source table, view or one of its columns can no longer be read at all (dropped,
+    renamed, SELECT revoked, a column's type changed). Not a row's fault: the pass stops, its
+    claims are released and no photo spends an attempt. Not a :class:`SourceError` either:
+    the settings were fine when the pass started, so it ends as a failed pass (exit 1) that
+    the scheduler retries, rather than as a configuration error."""
 
 
 class Refused(Exception):
@@ -79,7 +95,8 @@ class Store(Protocol):
 
     def fetch_rows(self, photo_ids: Sequence[str]) -> dict[str, SourceRow]:
         """The claimed photos' source rows as they are now; raise :class:`Refused` when the
-        source cannot read (one of) them."""
+        source cannot read (one of) them, :class:`SourceUnreadable` when it cannot be read
+        at all (its table or a column gone, SELECT revoked): that stops the pass."""
         ...
 
     def save_outcomes(
@@ -205,9 +222,11 @@ class SqlStore:
         columns are left out, and said so every pass: in the log and in the run's errors."""
 
         def action(session: Session) -> int:
-            found = repo.discover(session, self.source, now)
+            with self._reading_source():
+                found = repo.discover(session, self.source, now)
             repo.add_run_counts(session, run_id, discovered=found)
-            refused = repo.refused_ids(session, self.source).message(self.source)
+            with self._reading_source():
+                refused = repo.refused_ids(session, self.source).message(self.source)
             if refused:
                 repo.add_run_error(session, run_id, refused)
                 log.warning("%s", refused, extra={"run_id": run_id})
@@ -245,10 +264,48 @@ class SqlStore:
         )
 
     def fetch_rows(self, photo_ids: Sequence[str]) -> dict[str, SourceRow]:
-        return self._refusable(
-            "reading photos",
-            lambda s: repo.fetch_rows(s, self.source, photo_ids, self.image_limit),
-            read_only=True,
+        def read(session: Session) -> dict[str, SourceRow]:
+            with self._reading_source():
+                return repo.fetch_rows(session, self.source, photo_ids, self.image_limit)
+
+        # A refusal here is one row's (a view raising on its data) and the pass narrows it
+        # down; an error of the source itself is raised as SourceUnreadable, before that.
+        return self._refusable("reading photos", read, read_only=True)
+
+    @contextmanager
+    def _reading_source(self) -> Iterator[None]:
+        """Turn a database error that names the source itself into :class:`SourceUnreadable`."""
+        try:
+            yield
+        except DBAPIError as exc:
+            kind = source_error_kind(exc)
+            if kind is None:
+                raise
+            raise SourceUnreadable(self._unreadable(kind, exc)) from exc
+
+    def _unreadable(self, kind: str, exc: DBAPIError) -> str:
+        source = self.source
+        table = f"LABELER_SOURCE_TABLE={source.table.fullname}"
+        if kind in ("column", "type"):
+            named = [
+                ("LABELER_SOURCE_ID_COLUMN", source.id_column),
+                ("LABELER_SOURCE_IMAGE_COLUMN", source.image_column),
+                ("LABELER_SOURCE_FILTER_COLUMN", source.filter_column),
+                ("LABELER_SOURCE_GROUP_COLUMN", source.group_column),
+                ("LABELER_CONTEXT_COLUMNS", ",".join(source.context_columns) or None),
+            ]
+            settings = ", ".join([table] + [f"{k}={v}" for k, v in named if v])
+        else:
+            settings = table
+        what = {
+            "table": "the source table or view no longer exists (dropped or renamed?)",
+            "column": "a source column no longer exists (dropped or renamed?)",
+            "privilege": "the database user may no longer read the source (SELECT revoked?)",
+            "type": "a source column's type changed",
+        }[kind]
+        return (
+            f"{what}: {short_error(exc)}. Check {settings}. The pass stopped without "
+            "spending any photo's attempts; it is tried again at the next pass."
         )
 
     def save_outcomes(
@@ -298,6 +355,7 @@ class SqlStore:
             "writing a reviewed breed",
             lambda s: apply_review(s, self.target, row, now),
             TargetValueError,
+            repo.NotOneRecord,
         )
 
     def ready_groups(
@@ -325,6 +383,7 @@ class SqlStore:
                 now=now,
             ),
             TargetValueError,
+            repo.NotOneRecord,
         )
 
     def fail_group(self, group_id: str, reason: str, *, run_id: int, now: datetime) -> None:

@@ -493,6 +493,25 @@ def check_target(session: Session, source: Any, target: Target) -> str:
         shown = ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else "")
         note = f"; warning: {len(unmapped)} labels have no breed-map entry ({shown}): their "
         note += "animals always go to review"
+    duplicate = repo.duplicate_target_key(session, target)
+    if duplicate is not None:
+        value, count = duplicate
+        raise CheckFailed(
+            f"{count} {target.table.name} records have {target.key_column} = {value!r}: "
+            "LABELER_TARGET_KEY_COLUMN must name a unique key of LABELER_TARGET_TABLE (one "
+            "animal's breed would land on several records)"
+        )
+    if (
+        target.undecided
+        and repo.undecided_record_count(session, target) == 0
+        and repo.written_group_count(session) == 0
+    ):
+        shown = ", ".join(f"{c}={v}" for c, v in target.undecided.items())
+        raise CheckFailed(
+            f"no {target.table.name} record holds the undecided values {shown} "
+            "(LABELER_TARGET_UNDECIDED): every animal would look decided by staff and never be "
+            "labelled; use the value intake sets (for ASM3, the id of 'Mixed Breed')"
+        )
     key = repo.some_group_key(session, source)
     if key is None or longest is None:
         return f"breed map fits the target columns (no animal to try the write-back on){note}"
