@@ -13,6 +13,12 @@ own training data (the split is recomputed from the metadata and its fingerprint
 
     .venv/bin/python benchmarks/quality.py --data ../shared/data/fullframe-calibration
     .venv/bin/python benchmarks/quality.py --data ../shared/data/stanford-dogs-train --heldout
+    .venv/bin/python benchmarks/quality.py --negatives skimage   # photos with no dog in them
+
+``--negatives`` takes a folder of photos that show no dog of the model's breeds (cats,
+people, empty kennels, other breeds), or ``skimage``: the photos scikit-image ships in its
+``data`` module (a cat, an astronaut, a coffee cup, a rocket, ...). Every auto-label there is
+a wrong breed written to a record; the report lists them.
 """
 
 from __future__ import annotations
@@ -125,6 +131,56 @@ def evaluate(
     }
 
 
+def negative_photos(source: str) -> list[tuple[str, np.ndarray]]:
+    """(name, RGB uint8 image) of photos that show none of the breeds."""
+    if source == "skimage":
+        import skimage.data
+
+        root = Path(skimage.data.__file__).parent
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    else:
+        files = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    out = []
+    for path in files:
+        try:
+            out.append((path.name, decode_image(path.read_bytes())))
+        except Exception as exc:  # a mask or a 16-bit scan: not a photo a shelter stores
+            print(f"  skipped {path.name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return out
+
+
+def evaluate_negatives(model_dir: Path, source: str) -> dict[str, Any]:
+    classifier = Classifier.load(model_dir)
+    art = classifier.artifact
+    thresholds = resolve_thresholds(art, None, None)
+    items = negative_photos(source)
+    preds = classifier.classify_images([image for _, image in items], k=3)
+    written = [
+        {"photo": name, "label": p.label, "confidence": round(p.confidence, 3)}
+        for (name, _), p in zip(items, preds, strict=True)
+        if decide(p, thresholds).status == LABELLED
+    ]
+    labels = sorted({p.label for p in preds})
+    return {
+        "model": art.version,
+        "data": f"negatives: {source}",
+        "n": len(items),
+        "auto_labelled": len(written),
+        "auto_share": len(written) / len(items) if items else 0.0,
+        "written": written,
+        "best_labels_seen": labels,
+    }
+
+
+def render_negatives(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['model']} on {r['data']}: n={r['n']}, auto-labelled {r['auto_labelled']} "
+        f"({r['auto_share']:.1%}; each one a wrong breed on a record)"
+    ]
+    lines += [f"  {w['photo']}: {w['label']} ({w['confidence']})" for w in r["written"]]
+    return "\n".join(lines)
+
+
 def render(r: dict[str, Any]) -> str:
     s = r["shipped_rule"]
     low, high = s["precision_interval_95"]
@@ -148,8 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         "--data",
         type=Path,
         action="append",
-        required=True,
+        default=[],
         help="a folder of <synset>-<breed> folders; repeat for several",
+    )
+    parser.add_argument(
+        "--negatives",
+        action="append",
+        default=[],
+        help="a folder of photos with none of the breeds, or 'skimage'; repeat for several",
     )
     parser.add_argument(
         "--heldout",
@@ -159,9 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
     model = args.model or default_model_dir()
+    if not args.data and not args.negatives:
+        parser.error("give --data and/or --negatives")
     results = [evaluate(model, d, only_heldout=args.heldout) for d in args.data]
     for r in results:
         print(render(r))
+    for source in args.negatives:
+        result = evaluate_negatives(model, source)
+        print(render_negatives(result))
+        results.append(result)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0

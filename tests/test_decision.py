@@ -39,7 +39,7 @@ def prediction(*pairs: tuple[str, float]) -> Prediction:
             (("not_a_dog", 0.99), ("pug", 0.01)),
             Thresholds(0.6, 0.0, frozenset({"not_a_dog"})),
             NEEDS_REVIEW,
-            "not a dog",
+            "no dog found",
         ),
     ],
 )

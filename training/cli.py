@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {train,sweep,zero-shot} ...``."""
+"""Command line: ``python -m training {train,onnx,sweep,export-onnx,zero-shot} ...``."""
 
 from __future__ import annotations
 
@@ -160,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("artifacts", nargs="+", help="artifact folders, e.g. models/mobilenetv2-dogs")
 
+    o = sub.add_parser(
+        "onnx", help="an artifact served by ONNX Runtime from an ONNX backbone (no TensorFlow)"
+    )
+    from training.onnx_train import add_arguments
+
+    add_arguments(o, SHARED)
+
     z = sub.add_parser("zero-shot", help="an ImageNet classifier restricted to the dog classes")
     z.add_argument("--backbone", default="vgg16")
     z.add_argument("--weights", default="imagenet", help="'imagenet' or a full (with top) file")
@@ -188,6 +195,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for directory in args.artifacts:
             section = ship_onnx(directory)
             print(f"{directory}: model.onnx matches Keras within {section['max_difference']:.1g}")
+        return 0
+    if args.command == "onnx":
+        from training.onnx_train import run_onnx
+
+        run_onnx(args)
         return 0
     if args.command == "sweep":
         from training.sweep import run_sweep

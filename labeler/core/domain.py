@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 # Labels that are never a breed to write on an animal's record, whatever the model says.
-NOT_A_BREED = frozenset({"dingo", "dhole", "African_hunting_dog", "not_a_dog"})
+# The class a model may add for "no dog in this photo" (training.onnx_backbone).
+NOT_A_DOG = "not_a_dog"
+NOT_A_BREED = frozenset({"dingo", "dhole", "African_hunting_dog", NOT_A_DOG})
 
 
 class PhotoStatus(StrEnum):

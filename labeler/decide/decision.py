@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from labeler.core.domain import LABELLED, NEEDS_REVIEW, Decision, Prediction
+from labeler.core.domain import LABELLED, NEEDS_REVIEW, NOT_A_DOG, Decision, Prediction
 from labeler.model.artifact import Artifact
 
 DEFAULT_REVIEW_THRESHOLD = 0.5
@@ -30,6 +30,8 @@ class Thresholds:
     audit_share: float = 0.0
     # Where review_threshold came from, in words, for `labeler status` and `labeler check`.
     source: str = SOURCE_DEFAULT
+    # What a further photo of the same animal adds (labeler.decide.grouping.combine).
+    animal_evidence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,18 @@ def resolve_thresholds(
         reject_labels=artifact.reject_labels,
         audit_share=audit_share,
         source=source,
+        animal_evidence=artifact.decision.animal_evidence,
     )
+
+
+def not_a_breed_reason(prediction: Prediction) -> str:
+    """Why a prediction whose best class is not a breed goes to staff, in their words."""
+    if prediction.label == NOT_A_DOG:
+        return (
+            "no dog found in this photo (to the model it shows something else: a person, "
+            "another animal, an empty kennel)"
+        )
+    return f"best class is {prediction.label!r}, not a dog breed"
 
 
 def decide(prediction: Prediction, thresholds: Thresholds) -> Decision:
@@ -90,7 +103,7 @@ def decide(prediction: Prediction, thresholds: Thresholds) -> Decision:
     if not (math.isfinite(prediction.confidence) and math.isfinite(prediction.margin)):
         return Decision(NEEDS_REVIEW, "the model gave no usable confidence (not a finite number)")
     if prediction.label in thresholds.reject_labels:
-        return Decision(NEEDS_REVIEW, f"best class is {prediction.label!r}, not a dog breed")
+        return Decision(NEEDS_REVIEW, not_a_breed_reason(prediction))
     if prediction.confidence < thresholds.review_threshold:
         return Decision(
             NEEDS_REVIEW,

@@ -1,10 +1,16 @@
 """One answer per animal: combine the predictions of an animal's photos. Pure functions.
 
 Each photo keeps its best ``SCORES_K`` labels as log-probabilities plus the log of the
-probability left for all other labels. The animal's answer is the normalised geometric mean of
-the photos' distributions (mean of log-probabilities, then softmax): a breed must be likely on
-every photo to win, and one photo that is sure of something else pulls the answer down instead
-of outvoting the rest.
+probability left for all other labels. The animal's answer pools the photos' log-probabilities
+and divides the sum by ``n ** evidence`` before the softmax: a breed must be likely on every
+photo to win, and one photo that is sure of something else pulls the answer down instead of
+outvoting the rest.
+
+``evidence`` says how much a further photo of the same animal adds. 1 is the geometric mean
+(photos that agree add nothing, as if they were copies of one photo); 0 is the product (as if
+they were independent photos of different dogs, which overstates the evidence: one animal's
+photos share the dog, the kennel and the camera). Training fits it between the two bounds on
+animals built from calibration photos and stores it in the artifact's ``decision`` section.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from labeler.core.domain import (
     PhotoScores,
     Prediction,
 )
-from labeler.decide.decision import AUDIT_REASON, Thresholds, decide
+from labeler.decide.decision import AUDIT_REASON, Thresholds, decide, not_a_breed_reason
 
 SCORES_K = 10
+# The animal rule is fitted on animals of up to this many photos; beyond it, a further photo
+# adds no more evidence (its scores still count in the mean).
+MAX_POOLED_PHOTOS = 4
 _TINY = 1e-12
 
 
@@ -55,14 +64,20 @@ def _floor(photo: PhotoScores) -> float:
     return min(min(photo.logp.values()), photo.rest)
 
 
-def combine(photos: Sequence[PhotoScores], k: int = 3) -> Prediction:
-    """The animal's top-k labels: softmax of the photos' mean log-probabilities."""
+def combine(photos: Sequence[PhotoScores], k: int = 3, evidence: float = 1.0) -> Prediction:
+    """The animal's top-k labels: softmax of the photos' summed log-probabilities over
+    ``n ** evidence`` (``evidence`` 1: the geometric mean; 0: the product), with ``n`` counted
+    up to :data:`MAX_POOLED_PHOTOS`."""
     if not photos:
         raise ValueError("combine needs at least one photo")
+    if not 0.0 <= evidence <= 1.0:
+        raise ValueError(f"evidence must be between 0 and 1, got {evidence}")
     labels = sorted({label for p in photos for label in p.logp})
     n = len(photos)
-    means = {label: sum(p.logp.get(label, _floor(p)) for p in photos) / n for label in labels}
-    rest = sum(p.rest for p in photos) / n
+    # sum / n ** evidence, written as mean * n ** (1 - evidence) so that n can be capped.
+    scale = min(n, MAX_POOLED_PHOTOS) ** (1.0 - evidence) / n
+    means = {label: sum(p.logp.get(label, _floor(p)) for p in photos) * scale for label in labels}
+    rest = sum(p.rest for p in photos) * scale
     top = max(max(means.values()), rest)
     total = sum(math.exp(v - top) for v in means.values()) + math.exp(rest - top)
     ranked = sorted(labels, key=lambda label: (-means[label], label))[:k]
@@ -97,12 +112,10 @@ def decide_group(
     passed every rule to staff instead, so audits sample exactly the answers labeler would
     have written."""
     ids = tuple(p.photo_id for p in photos)
-    prediction = combine(photos)
+    prediction = combine(photos, evidence=thresholds.animal_evidence)
     label = prediction.label
     if label in NOT_A_BREED:
-        return GroupDecision(
-            NEEDS_REVIEW, prediction, f"best class is {label!r}, not a dog breed", ids
-        )
+        return GroupDecision(NEEDS_REVIEW, prediction, not_a_breed_reason(prediction), ids)
     # Disagreement first: it says more to a reviewer than the low confidence it causes.
     against = disagreements(photos, label, margin)
     if against:

@@ -5,6 +5,7 @@ A directory ``models/<name>/`` holding::
     metadata.json   format, version, kind, preprocessing, calibration, decision, metrics, ...
     labels.json     the class names in output order
     model.keras     a Keras 3 model: preprocessed batch in, class probabilities out
+                    (or model.onnx alone, for a network that exists only as ONNX)
     whitening.npz   (only when the preprocessing whitens) the fitted mean and matrix
 
 Everything the labeler needs to turn a photo into the model's input is in ``metadata.json``
@@ -29,6 +30,7 @@ FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 LABELS_FILE = "labels.json"
 MODEL_FILE = "model.keras"
+ONNX_MODEL_FILE = "model.onnx"
 WHITENING_FILE = "whitening.npz"
 KINDS = ("baseline_cnn", "transfer", "zero_shot", "untrained", "test")
 # Test-time augmentation views the classifier knows how to build
@@ -49,6 +51,9 @@ class DecisionDefaults:
 
     review_threshold: float | None = None
     review_margin: float | None = None
+    # labeler.decide.grouping.combine: 1 (the geometric mean) for models trained before the
+    # animal rule was fitted, which is what they were served with.
+    animal_evidence: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,7 @@ def load_artifact(path: str | Path) -> Artifact:
     defaults = DecisionDefaults(
         review_threshold=_optional_fraction(root, decision, "review_threshold"),
         review_margin=_optional_fraction(root, decision, "review_margin"),
+        animal_evidence=_fraction_or(root, decision, "animal_evidence", 1.0),
     )
     return Artifact(
         path=root,
@@ -174,7 +180,8 @@ def save_artifact(
     tta: list[str] | tuple[str, ...] = ("identity",),
     extra: dict[str, Any] | None = None,
 ) -> Artifact:
-    """Write a Keras model and everything serving needs into ``directory``.
+    """Write a Keras model (or a serialised ONNX graph, ``bytes``) and everything serving
+    needs into ``directory``.
 
     ``version`` defaults to the name plus a hash of the saved weights, so two different
     trainings never share a version.
@@ -183,7 +190,11 @@ def save_artifact(
         raise ArtifactError(f"unknown artifact kind {kind!r}")
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    model.save(root / MODEL_FILE)
+    model_file = ONNX_MODEL_FILE if isinstance(model, bytes) else MODEL_FILE
+    if isinstance(model, bytes):
+        (root / model_file).write_bytes(model)
+    else:
+        model.save(root / model_file)
     (root / LABELS_FILE).write_text(json.dumps(list(labels), indent=1) + "\n")
     prep: dict[str, Any] = {**preprocessing.to_dict(), "whitening": None}
     if preprocessing.whitening is not None:
@@ -191,7 +202,7 @@ def save_artifact(
         np.savez(root / WHITENING_FILE, mean=w.mean, matrix=w.matrix)
         prep["whitening"] = {"method": w.method, "epsilon": w.epsilon, "file": WHITENING_FILE}
     if version is None:
-        digest = hashlib.sha256((root / MODEL_FILE).read_bytes()).hexdigest()[:10]
+        digest = hashlib.sha256((root / model_file).read_bytes()).hexdigest()[:10]
         version = f"{name}-{digest}"
     meta: dict[str, Any] = {
         "format": FORMAT,
@@ -199,7 +210,7 @@ def save_artifact(
         "name": name,
         "version": version,
         "kind": kind,
-        "model_file": MODEL_FILE,
+        "model_file": model_file,
         "labels_file": LABELS_FILE,
         "preprocessing": prep,
         "calibration": {"temperature": float(temperature)},
@@ -276,6 +287,11 @@ def _optional_fraction(root: Path, decision: dict[str, Any], key: str) -> float 
     if not 0.0 <= value <= 1.0:
         raise ArtifactError(f"{root}: decision.{key} must be between 0 and 1, got {value}")
     return value
+
+
+def _fraction_or(root: Path, decision: dict[str, Any], key: str, default: float) -> float:
+    value = _optional_fraction(root, decision, key)
+    return default if value is None else value
 
 
 def _read_json(path: Path) -> Any:

@@ -132,6 +132,11 @@ class Classifier:
 
 def load_keras_model(artifact: Artifact, threads: int = 0) -> Any:
     """The artifact's Keras model. Imports TensorFlow, which only this path needs."""
+    if artifact.model_path.suffix == ".onnx":
+        raise ArtifactError(
+            f"{artifact.path}: this model exists only as ONNX ({artifact.model_path.name}), "
+            "it has no Keras model"
+        )
     try:
         import keras
     except ImportError as exc:  # a serving install without TensorFlow

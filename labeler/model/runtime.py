@@ -12,6 +12,10 @@ tolerance, so a start with a shipped or cached ONNX model needs no TensorFlow at
 
 Any failure (not installed, conversion error, mismatch, corrupt file) falls back to Keras with
 one log line saying why.
+
+An artifact whose ``model_file`` is itself ``model.onnx`` (a backbone that only exists as ONNX,
+composed with its head by training) has no Keras model to fall back to: it is served by ONNX
+Runtime, checked against the probabilities training recorded, or refused with the reason.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from labeler.model.artifact import Artifact, ArtifactError
+from labeler.model.artifact import ONNX_MODEL_FILE, Artifact, ArtifactError
 from labeler.model.preprocessing import PreprocessingConfig, finish_batch
 
 log = logging.getLogger("labeler.model.runtime")
@@ -40,7 +44,7 @@ log = logging.getLogger("labeler.model.runtime")
 RuntimeChoice = Literal["auto", "keras", "onnx"]
 KERAS = "keras"
 ONNXRUNTIME = "onnxruntime"
-ONNX_FILE = "model.onnx"
+ONNX_FILE = ONNX_MODEL_FILE
 CHECK_FILE = "onnx_check.npz"
 CACHE_META_FILE = "onnx.json"
 # Probabilities, absolute. ONNX Runtime fp32 differs from Keras by ~1e-7 on the models here;
@@ -377,6 +381,8 @@ def open_runtime(
     threads: int = 0,
 ) -> Loaded:
     """The fastest runtime that gives Keras's answers, falling back to Keras on any failure."""
+    if is_onnx_only(artifact):
+        return Loaded(_open_onnx_only(artifact, choice, threads), None)
     if choice == KERAS:
         chosen = load_keras()
         return Loaded(KerasRuntime(chosen, "keras (LABELER_RUNTIME=keras)"), chosen)
@@ -406,6 +412,40 @@ def open_runtime(
         return Loaded(
             KerasRuntime(keras_model(), f"keras (ONNX Runtime not used: {reason})"), model
         )
+
+
+def is_onnx_only(artifact: Artifact) -> bool:
+    """The artifact's network is an ONNX file, with no Keras model beside it."""
+    return artifact.model_path.suffix == ".onnx"
+
+
+def _open_onnx_only(artifact: Artifact, choice: RuntimeChoice, threads: int) -> Runtime:
+    if choice == KERAS:
+        raise ArtifactError(
+            f"{artifact.path}: this model exists only as ONNX ({artifact.model_path.name}); "
+            "LABELER_RUNTIME=keras cannot serve it: use auto or onnx"
+        )
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ArtifactError(
+            f"{artifact.path}: the model is an ONNX model and onnxruntime is not installed "
+            "(it is a dependency of labeler: reinstall it)"
+        ) from exc
+    companion = shipped_companion(artifact)
+    if companion is None or companion.model_path != artifact.model_path:
+        raise ArtifactError(
+            f"{artifact.path}: metadata.json section 'onnx' must name {artifact.model_path.name} "
+            "and its check file"
+        )
+    try:
+        return _checked(OnnxRuntime(companion.model_path, threads), companion, artifact)
+    except (RuntimeMismatchError, ValueError, OSError) as exc:
+        raise ArtifactError(f"{artifact.path}: {_reason(exc)}") from exc
+    except Exception as exc:  # onnxruntime raises its own types for a corrupt graph
+        raise ArtifactError(
+            f"{artifact.path}: the ONNX model cannot be loaded: {_reason(exc)}"
+        ) from exc
 
 
 def _open_onnx(
@@ -448,9 +488,10 @@ def _converted_in_memory(artifact: Artifact, model: Any, threads: int = 0) -> Ru
 
 def _checked(runtime: OnnxRuntime, companion: OnnxCompanion, artifact: Artifact) -> Runtime:
     difference = companion.verify(runtime, artifact.preprocessing)
+    reference = "training's" if is_onnx_only(artifact) else "Keras"
     runtime.description = (
-        f"{runtime.description} (ONNX model from the {companion.origin}; outputs match Keras "
-        f"within {difference:.1g}, tolerance {companion.tolerance:g})"
+        f"{runtime.description} (ONNX model from the {companion.origin}; outputs match "
+        f"{reference} within {difference:.1g}, tolerance {companion.tolerance:g})"
     )
     log.info("serving %s with %s", artifact.version, runtime.description)
     return runtime

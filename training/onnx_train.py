@@ -1,0 +1,365 @@
+"""``python -m training onnx``: an artifact served by ONNX Runtime from any ONNX backbone.
+
+The run, in order: features and ImageNet logits of the calibration photos (ONNX Runtime, no
+TensorFlow; cached), the head (the backbone's own ImageNet classifier restricted to the
+breeds, or a softmax layer trained on Stanford Dogs features), the photo rule (temperature,
+threshold) fitted and cross-validated on the full-frame calibration photos, the animal rule
+(``training.animal_rule``) bounded on the same photos, then one composed ONNX graph
+(``training.onnx_backbone``) written as the artifact's ``model.onnx`` with a check file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from labeler.core.domain import NOT_A_DOG
+from labeler.model.artifact import save_artifact
+from labeler.model.classifier import calibrate
+from labeler.model.preprocessing import PreprocessingConfig
+from labeler.model.runtime import CHECK_FILE, ONNX_FILE, OnnxRuntime, check_images
+from training import animal_rule
+from training import calibration as cal_metrics
+from training.data import Dataset, discover, load_images, read_breeds_tsv
+from training.features import cached
+from training.onnx_backbone import (
+    KNOWN_BACKBONES,
+    BackboneSpec,
+    Head,
+    OnnxBackbone,
+    breed_probabilities,
+    compose_serving_model,
+)
+from training.views import apply_view
+from training.zero_shot import imagenet_indices
+
+log = logging.getLogger(__name__)
+
+WILD_DOGS = ("n02115641", "n02115913", "n02116738")  # dingo, dhole, African hunting dog
+ANIMAL_VIEWS = ("identity", "flip", "zoomin", "zoomout")
+# float32 graph against the float64 numpy reference of the same arithmetic.
+GRAPH_TOLERANCE = 1e-4
+
+
+def add_arguments(p: argparse.ArgumentParser, shared: Path) -> None:
+    weights = shared / "weights" / "efficientnet-lite"
+    data = shared / "data"
+    p.add_argument("--backbone", choices=sorted(KNOWN_BACKBONES), default="efficientnet-lite2")
+    p.add_argument("--weights-dir", default=str(weights), help="folder with the backbone .onnx")
+    p.add_argument(
+        "--head",
+        choices=("imagenet", "trained"),
+        default="imagenet",
+        help="imagenet: the backbone's ImageNet classifier restricted to the breeds; trained: "
+        "a softmax layer trained on --data features",
+    )
+    p.add_argument("--data", default=str(data / "stanford-dogs-train"))
+    p.add_argument("--breeds-tsv", default=str(data / "breeds.tsv"))
+    p.add_argument("--calibration-data", default=str(data / "fullframe-calibration"))
+    p.add_argument("--calibration-target", type=float, default=0.96)
+    p.add_argument(
+        "--animal-target",
+        type=float,
+        default=0.95,
+        help="precision the animal rule must keep in both bounds (the one promised to staff; "
+        "the photo rule aims higher because a fitted threshold falls short on new photos)",
+    )
+    p.add_argument("--calibration-folds", type=int, default=5)
+    p.add_argument(
+        "--dog-gate",
+        type=float,
+        default=0.3,
+        help="ImageNet dog probability under "
+        "which a photo is 'not a dog'; 0 disables the not_a_dog class",
+    )
+    p.add_argument("--feature-cache-dir", default="runs/feature-cache")
+    p.add_argument("--output", required=True)
+    p.add_argument("--name", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+
+
+def _data_checksum(dataset: Dataset) -> str:
+    from training.train import data_checksum
+
+    return data_checksum(dataset)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _dataset_outputs(
+    backbone: OnnxBackbone,
+    dataset: Dataset,
+    cache_dir: Path | None,
+    digest: str,
+    view: str = "identity",
+    workers: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) of every photo of ``dataset`` under ``view``, cached on disk."""
+    spec = backbone.spec
+    prep = PreprocessingConfig(image_size=(spec.size, spec.size), resize_mode="center_crop")
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "backbone": spec.name,
+                "weights": digest,
+                "files": [dataset.relative(i) for i in range(len(dataset))],
+                "preprocessing": prep.cache_key(),
+                "view": view,
+            }
+        ).encode()
+    ).hexdigest()[:20]
+
+    def run() -> np.ndarray:
+        images = load_images(list(dataset.paths), prep, workers)
+        chunks = [apply_view(images[i : i + 64], view, seed=i) for i in range(0, len(images), 64)]
+        features, logits = backbone.run(np.concatenate(chunks) if chunks else images)
+        if logits is None:
+            raise ValueError(f"{spec.name} has no ImageNet logits output")
+        return np.concatenate([features, logits], axis=1)
+
+    both = cached(cache_dir, key, run)
+    # ImageNet-1k: the last 1000 columns are the logits.
+    return both[:, :-1000], both[:, -1000:]
+
+
+def _labels_for(dataset: Dataset, synsets: list[str]) -> np.ndarray:
+    index = {s: i for i, s in enumerate(synsets)}
+    unknown = sorted(set(dataset.class_ids) - set(index))
+    if unknown:
+        raise ValueError(f"{dataset.root}: classes {unknown} are not breeds of the breeds file")
+    return np.array([index[dataset.class_ids[int(i)]] for i in dataset.labels], dtype=np.int64)
+
+
+def _trained_head(
+    backbone: OnnxBackbone, args: argparse.Namespace, synsets: list[str], digest: str
+) -> tuple[Head, dict[str, Any]]:
+    import keras
+
+    from training.data import stratified_split
+    from training.models import build_head
+
+    data = discover(args.data, args.breeds_tsv)
+    y = _labels_for(data, synsets)
+    features, _ = _dataset_outputs(
+        backbone, data, Path(args.feature_cache_dir), digest, workers=args.workers
+    )
+    split = stratified_split(y, 0.15, 0.15, args.seed)
+    keras.utils.set_random_seed(args.seed)
+    head = build_head(features.shape[1], len(synsets), dropout=0.2, l2=1e-4)
+    head.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    head.fit(
+        features[split["train"]],
+        y[split["train"]],
+        validation_data=(features[split["val"]], y[split["val"]]),
+        epochs=40,
+        batch_size=64,
+        verbose=0,
+        callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)],
+    )
+    kernel, bias = (np.asarray(w) for w in head.get_layer("probs").get_weights())
+    test = np.asarray(head.predict(features[split["test"]], verbose=0))
+    crops = {
+        "n": len(split["test"]),
+        "top1": cal_metrics.top_k_accuracy(test, y[split["test"]]),
+        "top3": cal_metrics.top_k_accuracy(test, y[split["test"]], 3),
+    }
+    crops["training_data"] = {"name": Path(args.data).name, "sha256": _data_checksum(data)}
+    return Head(kernel=kernel, bias=bias), crops
+
+
+def run_onnx(args: argparse.Namespace) -> Path:
+    started = time.perf_counter()
+    spec: BackboneSpec = KNOWN_BACKBONES[args.backbone]
+    weights_path = Path(args.weights_dir) / spec.file
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"backbone weights {weights_path} do not exist")
+    digest = _sha256(weights_path)
+    backbone = OnnxBackbone(weights_path, spec, threads=0)
+    names_by_synset = read_breeds_tsv(Path(args.breeds_tsv))
+    synsets = sorted(names_by_synset)
+    breeds = [names_by_synset[s] for s in synsets]
+    cache_dir = Path(args.feature_cache_dir) if args.feature_cache_dir else None
+
+    extra: dict[str, Any] = {}
+    if args.head == "imagenet":
+        head = Head(imagenet_classes=tuple(imagenet_indices(synsets)))
+        kind = "zero_shot"
+    else:
+        head, extra["crops"] = _trained_head(backbone, args, synsets, digest)
+        extra["training_data"] = extra["crops"].pop("training_data")
+        kind = "transfer"
+    gate = args.dog_gate if args.dog_gate > 0 else None
+    labels = [*breeds, NOT_A_DOG] if gate is not None else breeds
+    reject = [synsets.index(s) for s in WILD_DOGS] + ([len(breeds)] if gate is not None else [])
+
+    calibration = discover(args.calibration_data, args.breeds_tsv)
+    y = _labels_for(calibration, synsets)
+    by_view = {
+        view: _dataset_outputs(backbone, calibration, cache_dir, digest, view, args.workers)
+        for view in ANIMAL_VIEWS
+    }
+    probs = {v: breed_probabilities(f, lg, head, gate) for v, (f, lg) in by_view.items()}
+    photo = probs["identity"]
+    target = args.calibration_target
+    rule = cal_metrics.fit_decision_rule(photo, y, target, reject)
+    oof, fold_rules = cal_metrics.cross_validate_rule(
+        photo, y, target, reject, folds=args.calibration_folds, seed=args.seed
+    )
+    in_sample = cal_metrics.rule_outcome(
+        calibrate(photo, rule.temperature), y, rule.threshold, 0.0, reject
+    )
+
+    def logp(p: np.ndarray) -> np.ndarray:
+        return np.log(np.clip(calibrate(p, rule.temperature), 1e-12, 1.0))
+
+    photo_logp = logp(photo)
+    view_logp = np.stack([logp(probs[v]) for v in ANIMAL_VIEWS])
+    evidence = animal_rule.fit_evidence(
+        photo_logp, view_logp, y, rule.threshold, args.animal_target, reject, seed=args.seed
+    )
+    animals = {
+        f"evidence_{value:g}": [
+            o.as_dict()
+            for o in animal_rule.outcomes(
+                photo_logp, view_logp, y, value, rule.threshold, reject, seed=args.seed
+            )
+        ]
+        for value in sorted({1.0, evidence, 0.0})
+    }
+
+    out = Path(args.output)
+    name = args.name or out.name
+    scratch = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    graph = compose_serving_model(weights_path, spec, head, gate)
+    (scratch / ONNX_FILE).write_bytes(graph)
+    prep = PreprocessingConfig(image_size=(spec.size, spec.size), resize_mode="center_crop")
+    sample = list(calibration.paths[:: max(1, len(calibration) // 16)][:16])
+    graph_difference = _check_graph(
+        scratch / ONNX_FILE,
+        load_images(sample, prep, args.workers),
+        photo[:: max(1, len(calibration) // 16)][:16],
+    )
+    check = check_images(prep)
+    expected = OnnxRuntime(scratch / ONNX_FILE, threads=1).predict(check.astype(np.float32))
+    np.savez_compressed(scratch / CHECK_FILE, images=check, expected=expected)
+
+    full = {
+        "n": len(y),
+        "top1": cal_metrics.top_k_accuracy(photo, y),
+        "top3": cal_metrics.top_k_accuracy(photo, y, 3),
+        "ece_calibrated": cal_metrics.expected_calibration_error(
+            calibrate(photo, rule.temperature), y
+        ),
+        "shipped_rule_cross_validated": oof.as_dict(),
+        "shipped_rule_in_sample": in_sample.as_dict(),
+        "folds": args.calibration_folds,
+        "fold_rules": [
+            {"temperature": r.temperature, "threshold": r.threshold} for r in fold_rules
+        ],
+        "no_dog_share": float(np.mean(photo.argmax(axis=1) == len(breeds))) if gate else 0.0,
+        "classes": sorted({breeds[int(c)] for c in np.unique(y)}),
+    }
+    cv = oof.as_dict()
+    low, high = cv["precision_interval_95"]  # type: ignore[misc]
+    note = (
+        f"On full-frame photos (the {len(y)} calibration photos of {len(full['classes'])} breeds, "
+        f"{args.calibration_folds}-fold cross-validated) the best guess is right "
+        f"{full['top1']:.0%} of the time; it labels {oof.coverage:.0%} of photos on its own, "
+        f"{oof.precision:.1%} of them correctly (95% interval {low:.1%}-{high:.1%}), and sends "
+        "the rest to review; a photo without a dog goes to review as 'not_a_dog'."
+    )
+    training_data = extra.pop("training_data", None)
+    metadata_extra = {
+        "backbone": {
+            "name": spec.name,
+            "weights_file": spec.file,
+            "weights_sha256": digest,
+            "head": args.head,
+            "dog_gate": gate,
+        },
+        "metrics": {
+            "fullframe": full,
+            "animals": animals,
+            **extra,
+            "timings": {"run_s": time.perf_counter() - started},
+        },
+        "onnx": {
+            "file": ONNX_FILE,
+            "check_file": CHECK_FILE,
+            "tolerance": 1e-5,
+            "reference": "onnxruntime at training time",
+            "max_difference_to_reference_on_photos": graph_difference,
+        },
+        "data": {
+            "calibration": {
+                "name": Path(args.calibration_data).name,
+                "sha256": _data_checksum(calibration),
+                "photos": len(calibration),
+            },
+            **({"training": training_data} if training_data else {}),
+        },
+        "training": {
+            "command": "python -m training onnx",
+            "backbone": spec.name,
+            "head": args.head,
+            "calibration_target": target,
+            "animal_target": args.animal_target,
+            "dog_gate": gate,
+            "seed": args.seed,
+            "calibration_data": Path(args.calibration_data).name,
+        },
+    }
+    save_artifact(
+        scratch,
+        graph,
+        labels,
+        prep,
+        name=name,
+        kind=kind,
+        temperature=rule.temperature,
+        reject_labels=[labels[i] for i in reject],
+        decision={
+            "review_threshold": rule.threshold,
+            "review_margin": 0.0,
+            "target_precision": target,
+            "fitted_on": Path(args.calibration_data).name,
+            "animal_evidence": evidence,
+        },
+        quality_note=note,
+        extra=metadata_extra,
+    )
+    if out.exists():
+        shutil.rmtree(out)
+    scratch.rename(out)
+    log.info("wrote %s in %.0f s", out, time.perf_counter() - started)
+    print(note)
+    print(f"animal rule: evidence {evidence:g}")
+    for row in animals[f"evidence_{evidence:g}"]:
+        print(f"  {row}")
+    return out
+
+
+def _check_graph(path: Path, images: np.ndarray, reference: np.ndarray) -> float:
+    """The composed graph must compute what the rules were fitted on: run on real photos and
+    compared with the numpy reference computed from the same photos' cached backbone outputs."""
+    got = OnnxRuntime(path, threads=1).predict(images.astype(np.float32))
+    difference = float(np.max(np.abs(got.astype(np.float64) - reference)))
+    if got.shape != reference.shape or difference > GRAPH_TOLERANCE:
+        raise ValueError(
+            f"the composed graph differs from its reference by {difference:.2g} on "
+            f"calibration photos (tolerance {GRAPH_TOLERANCE:g})"
+        )
+    return difference
