@@ -52,8 +52,16 @@ for i in range(0, len(paths), 25):
         truth = p.parent.name.partition("-")[2]
         auto = decide(pred, rule).status == LABELLED
         rows.append({"auto": auto, "right": pred.label == truth})
+# Photos with no dog in them, as scikit-image ships them: a cat, a person, objects.
+import skimage.data
+no_dog = {}
+for name in ("chelsea", "astronaut", "coffee", "rocket"):
+    image = getattr(skimage.data, name)()
+    pred = clf.classify_images([image])[0]
+    decision = decide(pred, rule)
+    no_dog[name] = {"status": str(decision.status), "label": pred.label, "reason": decision.reason}
 print(json.dumps({"package": labeler.__file__, "model_dir": str(model_dir), "rows": rows,
-                  "runtime": clf.runtime.description}))
+                  "runtime": clf.runtime.description, "no_dog": no_dog}))
 """
 
 
@@ -62,14 +70,19 @@ def test_settings_default_to_the_packaged_model() -> None:
     path = default_model_dir()
     assert path.name == DEFAULT_MODEL_NAME
     art = load_artifact(path)
-    assert art.kind == "transfer" and len(art.labels) == 120
+    assert art.kind in ("transfer", "zero_shot")
+    # The 120 breeds, and the class for a photo without a dog.
+    assert len(art.labels) == 121 and art.labels[-1] == "not_a_dog"
+    assert art.model_path.name == "model.onnx"
     # Provenance by name and checksum only: an artifact travels, local paths do not.
     text = (path / "metadata.json").read_text()
     assert "/work/" not in text and "/home/" not in text
     meta = art.metadata
     assert len(meta["backbone"]["weights_sha256"]) == 64
-    assert len(meta["data"]["sha256"]) == 64
-    assert {"dingo", "dhole", "African_hunting_dog"} <= art.reject_labels
+    assert len(meta["data"]["calibration"]["sha256"]) == 64
+    assert {"dingo", "dhole", "African_hunting_dog", "not_a_dog"} <= art.reject_labels
+    # Photos of one animal count for more than one photo, but less than independent ones.
+    assert 0.0 < art.decision.animal_evidence < 1.0
     assert "full-frame" in art.quality_note
 
 
@@ -97,7 +110,6 @@ def test_installed_package_labels_full_frames_with_its_default_model(tmp_path: P
     (wheel,) = wheels.glob("labeler-*.whl")
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    assert (site / "labeler" / "_models" / DEFAULT_MODEL_NAME / "model.keras").is_file()
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -128,3 +140,7 @@ def test_installed_package_labels_full_frames_with_its_default_model(tmp_path: P
     assert auto, "the default model auto-labelled none of the full-frame sample"
     right = sum(r["right"] for r in auto)
     assert right / len(auto) >= 0.90, f"{right} of {len(auto)} auto-labels match the folder"
+    for name, outcome in result["no_dog"].items():
+        assert outcome["status"] != "labelled", (name, outcome)
+    cat = result["no_dog"]["chelsea"]
+    assert cat["label"] == "not_a_dog" and "no dog found" in cat["reason"], cat

@@ -46,8 +46,10 @@ def _check_the_story(state: dict[str, Any], out: str) -> None:
     assert all(a["breed_id"] == 261 for i, a in animals.items() if i in cats)
 
     breed_map = load_breed_map(demo_shelter.default_breed_map())
-    staff = [i for i in dogs if animals[i]["breed_id"] == demo_shelter.STAFF_BREED_ID]
-    assert len(staff) == 1, "the one dog whose breed staff set keeps it"
+    # Goldie's breed was set by staff before the pass (a golden retriever among the photos
+    # may well be labelled Golden Retriever by the model: the breed alone does not tell).
+    staff = [i for i in dogs if animals[i]["name"] == "Goldie"]
+    assert len(staff) == 1 and animals[staff[0]]["breed_id"] == demo_shelter.STAFF_BREED_ID
     assert animals[staff[0]]["breed_name"] == "Golden Retriever"
     assert groups[str(staff[0])].status == REVIEWED and groups[str(staff[0])].staff_values
     for animal_id in dogs - set(staff):

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from labeler.model.runtime import REFERENCE_OUTPUT
+
 log = logging.getLogger(__name__)
 
 # ImageNet-1k classes 151-268 are domestic dog breeds; 269-275 are wolves, coyote, dingo, dhole
@@ -213,6 +215,7 @@ def compose_serving_model(
         gated = node("Mul", [breeds, is_dog], "gated")
         no_dog = node("Sub", [const("one", np.float32(1.0)), is_dog], "no_dog")
         result = node("Concat", [gated, no_dog], "with_no_dog", axis=1)
+        graph.node.append(helper.make_node("Concat", [breeds, p_dog], [REFERENCE_OUTPUT], axis=1))
     graph.node.append(helper.make_node("Identity", [result], ["probabilities"]))
     # The normalisation runs first: inserted before the backbone's own nodes.
     normalise = [
@@ -237,5 +240,11 @@ def compose_serving_model(
     graph.output.append(
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["n", width])
     )
+    if dog_gate is not None:
+        graph.output.append(
+            helper.make_tensor_value_info(
+                REFERENCE_OUTPUT, TensorProto.FLOAT, ["n", head.classes + 1]
+            )
+        )
     onnx.checker.check_model(model)
     return model.SerializeToString()

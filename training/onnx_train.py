@@ -253,8 +253,13 @@ def run_onnx(args: argparse.Namespace) -> Path:
         photo[:: max(1, len(calibration) // 16)][:16],
     )
     check = check_images(prep)
-    expected = OnnxRuntime(scratch / ONNX_FILE, threads=1).predict(check.astype(np.float32))
-    np.savez_compressed(scratch / CHECK_FILE, images=check, expected=expected)
+    served = OnnxRuntime(scratch / ONNX_FILE, threads=1)
+    expected = served.predict(check.astype(np.float32))
+    recorded = {"images": check, "expected": expected}
+    reference = served.predict_reference(check.astype(np.float32))
+    if reference is not None:
+        recorded["reference"] = reference
+    np.savez_compressed(scratch / CHECK_FILE, **recorded)
 
     full = {
         "n": len(y),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DEFAULT_MODEL_NAME = "mobilenetv2-dogs"
+DEFAULT_MODEL_NAME = "efficientnet-lite2-dogs"
 
 
 def default_model_dir(name: str = DEFAULT_MODEL_NAME) -> Path:

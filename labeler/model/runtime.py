@@ -51,6 +51,10 @@ CACHE_META_FILE = "onnx.json"
 # 1e-5 leaves room for another CPU's kernels and is still far below any decision threshold.
 DEFAULT_TOLERANCE = 1e-5
 CHECK_IMAGES = 4
+# An optional second output of a composed graph: numbers before any hard decision inside the
+# graph (a gate that zeroes the breeds of a photo without a dog would zero them for the
+# synthetic check images too, and a check of zeros checks nothing). Checked, never served.
+REFERENCE_OUTPUT = "reference"
 
 
 class Runtime(Protocol):
@@ -119,11 +123,15 @@ class OnnxRuntime:
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
-        if len(inputs) != 1 or len(outputs) != 1:
+        by_name = {o.name: o for o in outputs}
+        # A composed graph may add a REFERENCE_OUTPUT beside its probabilities, for the check.
+        served = [o for o in outputs if o.name != REFERENCE_OUTPUT]
+        if len(inputs) != 1 or len(served) != 1:
             raise ValueError(
-                f"the ONNX model has {len(inputs)} inputs and {len(outputs)} outputs, not 1 and 1"
+                f"the ONNX model has {len(inputs)} inputs and {len(served)} outputs, not 1 and 1"
             )
-        self._input, self._output = inputs[0], outputs[0]
+        self._input, self._output = inputs[0], served[0]
+        self._reference = by_name.get(REFERENCE_OUTPUT)
         self.description = f"{ONNXRUNTIME} {ort.__version__}, {self.threads} thread(s)"
 
     @property
@@ -138,6 +146,13 @@ class OnnxRuntime:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         feed = {self._input.name: np.ascontiguousarray(batch, dtype=np.float32)}
         return np.asarray(self.session.run([self._output.name], feed)[0])
+
+    def predict_reference(self, batch: np.ndarray) -> np.ndarray | None:
+        """The graph's reference output, when it has one (see :data:`REFERENCE_OUTPUT`)."""
+        if self._reference is None:
+            return None
+        feed = {self._input.name: np.ascontiguousarray(batch, dtype=np.float32)}
+        return np.asarray(self.session.run([self._reference.name], feed)[0])
 
 
 def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
@@ -206,7 +221,22 @@ class OnnxCompanion:
         """Largest probability difference to Keras on the check inputs; raise past tolerance."""
         with np.load(self.check_path) as data:
             images, expected = data["images"], data["expected"]
-        got = runtime.predict(finish_batch(images, config))
+            reference = data["reference"] if "reference" in data.files else None
+        batch = finish_batch(images, config)
+        if reference is not None:
+            got_reference = (
+                runtime.predict_reference(batch) if isinstance(runtime, OnnxRuntime) else None
+            )
+            if got_reference is None or got_reference.shape != reference.shape:
+                raise RuntimeMismatchError(
+                    "the ONNX model lacks the reference output it was checked with"
+                )
+            if float(np.max(np.abs(got_reference.astype(np.float64) - reference))) > self.tolerance:
+                raise RuntimeMismatchError(
+                    "the ONNX model's reference output differs from the one recorded with it "
+                    f"by more than the tolerance {self.tolerance:g}"
+                )
+        got = runtime.predict(batch)
         if got.shape != expected.shape:
             raise RuntimeMismatchError(
                 f"the ONNX model returns shape {got.shape}, Keras returned {expected.shape}"
