@@ -3,6 +3,8 @@
     nice -n 0 .venv/bin/python benchmarks/throughput.py
     .venv/bin/python benchmarks/throughput.py --rows 200 --phone-rows 32 --rss-rows 0  # quick
     .venv/bin/python benchmarks/throughput.py --sweep    # threads, decode threads, prefetch, batch
+    .venv/bin/python benchmarks/throughput.py --models \
+        models/mobilenetv2-dogs,models/efficientnet-lite2-dogs   # two models, one run
 
 With a MobileNetV2 model (ImageNet backbone from the shared weights, untrained head), for the
 320 px full-frame sample and for 12-megapixel phone JPEGs made from it at start-up:
@@ -301,6 +303,7 @@ def fmt(value: float | None, digits: int = 1) -> str:
 def report(args: argparse.Namespace) -> None:
     from labeler.labelling.passes import decode_thread_count
     from labeler.model.classifier import Classifier
+    from labeler.model.runtime import is_onnx_only
     from labeler.service.app import load_classifier, loader_config
 
     load = os.getloadavg()[0]
@@ -343,19 +346,27 @@ def report(args: argparse.Namespace) -> None:
         # Keras last: once TensorFlow has run a model its thread pools stay in the process,
         # and a labeler serving with ONNX Runtime never has them; the pass and pipeline rows
         # above are measured without them.
-        keras = Classifier.load(model, runtime="keras")
-        if served.runtime_name != "keras":
-            forward["keras"] = forward_rate(keras.runtime, batch, args.forward_seconds)
+        # A model that exists only as ONNX has no Keras loop to compare with.
+        if not is_onnx_only(served.artifact):
+            keras = Classifier.load(model, runtime="keras")
+            if served.runtime_name != "keras":
+                forward["keras"] = forward_rate(keras.runtime, batch, args.forward_seconds)
         for size in SIZES:
             count, pics = counts[size], photos[size]
-            results[size]["loop"] = loop_rate(pics, min(count, args.loop_photos), keras, loader)
+            results[size]["loop"] = (
+                None
+                if is_onnx_only(served.artifact)
+                else loop_rate(pics, min(count, args.loop_photos), keras, loader)
+            )
         fastest = max(forward.values())
         rss = [rss_run(n, model, cache, args) for n in args.rss_rows if n > 0]
 
     cores = os.cpu_count()
     print(f"# throughput.py, {started}, {cores} cores, load average {load:.2f} at start")
     print(
-        f"# model MobileNetV2 224x224, batch {args.batch_size}, inference threads "
+        f"# model {served.artifact.name} "
+        f"{'x'.join(str(d) for d in served.artifact.preprocessing.image_size)}, "
+        f"batch {args.batch_size}, inference threads "
         f"{args.threads or 'default (one per core)'}, decode threads {decoders}, "
         f"prefetch {args.prefetch} batch(es); "
         f"pass runtime: {served.runtime.description}"
@@ -393,7 +404,7 @@ def report(args: argparse.Namespace) -> None:
             r = results[size]
             top = r[numerator]["rate"] if isinstance(r[numerator], dict) else r[numerator]
             bottom = fastest if denominator is None else r[denominator]
-            cells.append(fmt(top / bottom, 2))
+            cells.append(fmt(None if top is None or bottom is None else top / bottom, 2))
         ratios.append((label, *cells))
 
     for backend in args.backends:
@@ -515,6 +526,12 @@ def main() -> None:
     parser.add_argument(
         "--sweep-batch", default="16,32,64", type=lambda s: [int(x) for x in s.split(",")]
     )
+    parser.add_argument(
+        "--models",
+        type=lambda text: [Path(x) for x in text.split(",") if x],
+        default=[],
+        help="comma list of artifact directories: one report each, in this one run",
+    )
     parser.add_argument("--rss-only", action="store_true", help="only the peak RSS runs")
     parser.add_argument("--child-rss", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-url", help=argparse.SUPPRESS)
@@ -526,6 +543,11 @@ def main() -> None:
         rss_report(args)
     elif args.sweep:
         sweep(args)
+    elif args.models:
+        for model in args.models:
+            args.model = model
+            report(args)
+            print()
     else:
         report(args)
 
