@@ -20,8 +20,8 @@ from sqlalchemy.exc import OperationalError
 
 from labeler.core.domain import Outcome, PhotoStatus, RunStatus, SaveCounts, SourceRow
 from labeler.store.engine import RetryPolicy, with_retries
-from labeler.store.seam import Refused
-from labeler.store.writeback import GroupPolicy
+from labeler.store.seam import Refused, TargetLocked
+from labeler.store.writeback import WRITE_DENIED, GroupPolicy
 
 T = TypeVar("T")
 
@@ -78,6 +78,10 @@ class FakeStore:
     animals: dict[str, str] = field(default_factory=dict)
     animal_errors: dict[str, str] = field(default_factory=dict)
     refuse: dict[str, str] = field(default_factory=dict)
+    # Animals whose record stays locked (value: the lock is the whole database's, as on
+    # SQLite), and animals the database user may not write: both stay pending.
+    locked: dict[str, bool] = field(default_factory=dict)
+    denied: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, photo_id: str, image: object, **fields: Any) -> FakePhoto:
@@ -276,6 +280,10 @@ class FakeStore:
         def action() -> str:
             if group_id in self.refuse:
                 raise Refused(self.refuse[group_id])
+            if group_id in self.locked:
+                raise TargetLocked("locked", database_wide=self.locked[group_id])
+            if group_id in self.denied:
+                return WRITE_DENIED
             labelled = [
                 p
                 for p in self.photos.values()

@@ -231,6 +231,12 @@ def test_a_pass_under_the_documented_grants(
             "Breed2ID": str(record["breed2_id"]),
             "CrossBreed": str(record["cross_breed"]),
         }
+        # Stamped as ASM3 stamps a save: by whom, when, and a RecordVersion that changed.
+        assert record["changed_by"] == "labeler" and record["changed_date"] is not None
+        assert record["record_version"] == demo_shelter.INTAKE_VERSION + 1
+    for a in animals.values():
+        if str(a["id"]) not in {g.group_id for g in labelled}:
+            assert (a["changed_by"], a["record_version"]) == ("intake", demo_shelter.INTAKE_VERSION)
 
     # Staff read the queue with the documented report, as ASM3's own user.
     asm3 = create_engine(roles.url(roles.asm3), poolclass=NullPool)
@@ -269,6 +275,10 @@ def test_a_pass_under_the_documented_grants(
     service.engine.dispose()
     record = records[int(chosen)]
     assert (record["breed_id"], record["breed_name"]) == (19, "Beagle")
+    assert (record["changed_by"], record["record_version"]) == (
+        "labeler",
+        demo_shelter.INTAKE_VERSION + 1,
+    )
     assert settled[chosen].status == REVIEWED
     record = records[int(in_asm3)]
     assert (record["breed_id"], record["breed_name"]) == (163, "Poodle"), "staff's breed stays"

@@ -231,6 +231,37 @@ def test_an_animal_the_target_refuses_fails_alone() -> None:
     assert store.claimed() == []
 
 
+@pytest.mark.parametrize("database_wide", [False, True])
+def test_a_locked_record_waits_for_the_next_pass(database_wide: bool) -> None:
+    store = FakeStore(grouped=True, locked={"rex": database_wide})
+    for photo_id, animal in (("a", "rex"), ("b", "rex"), ("c", "fido"), ("d", "bella")):
+        store.add(photo_id, png(250 if animal != "bella" else 60), group_id=animal)
+    summary = make_pass(store, batch_size=3).run()
+    assert summary.status == "finished"
+    # Tried once in the pass (not after every batch), no failure, no attempt: still pending.
+    assert store.calls.count("settle_group") == 3
+    assert store.animals == {"rex": "pending", "fido": "labelled", "bella": "needs_review"}
+    assert "fail_group" not in store.calls
+    assert summary.animals == {
+        "locked (tried again next pass)": 1,
+        "labelled": 1,
+        "needs_review": 1,
+    }
+    assert summary.errors == ["animal: deciding an animal: locked"]
+
+
+def test_a_missing_grant_is_said_once_per_pass() -> None:
+    store = FakeStore(grouped=True, denied={"rex", "fido"})
+    for photo_id, animal in (("a", "rex"), ("b", "fido"), ("c", "bella"), ("d", "bella")):
+        store.add(photo_id, png(250 if animal != "bella" else 60), group_id=animal)
+    summary = make_pass(store, batch_size=1).run()
+    assert summary.status == "finished"
+    assert summary.animals == {"write denied": 2, "needs_review": 1}
+    assert len(summary.errors) == 1 and "may not update the target" in summary.errors[0]
+    assert store.calls.count("settle_group") == 3, "a denied animal is not retried per batch"
+    assert "fail_group" not in store.calls
+
+
 def test_max_rows_limits_the_pass() -> None:
     store = store_with(a=250, b=250, c=250, d=250, e=250)
     summary = make_pass(store, max_rows=3).run()

@@ -18,6 +18,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -170,11 +171,11 @@ def compose_serving_model(
         raise ValueError(f"{Path(backbone_path).name} has no ImageNet logits output")
     prefix = "labeler_"
 
-    def const(name: str, value: np.ndarray) -> str:
+    def const(name: str, value: np.ndarray | np.generic) -> str:
         graph.initializer.append(numpy_helper.from_array(np.asarray(value), prefix + name))
         return prefix + name
 
-    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
         graph.node.append(helper.make_node(op, inputs, [prefix + output], **attrs))
         return prefix + output
 

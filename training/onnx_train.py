@@ -169,7 +169,7 @@ def _trained_head(
     )
     kernel, bias = (np.asarray(w) for w in head.get_layer("probs").get_weights())
     test = np.asarray(head.predict(features[split["test"]], verbose=0))
-    crops = {
+    crops: dict[str, Any] = {
         "n": len(split["test"]),
         "top1": cal_metrics.top_k_accuracy(test, y[split["test"]]),
         "top3": cal_metrics.top_k_accuracy(test, y[split["test"]], 3),
@@ -259,7 +259,7 @@ def run_onnx(args: argparse.Namespace) -> Path:
     reference = served.predict_reference(check.astype(np.float32))
     if reference is not None:
         recorded["reference"] = reference
-    np.savez_compressed(scratch / CHECK_FILE, **recorded)
+    np.savez_compressed(scratch / CHECK_FILE, **recorded)  # type: ignore[arg-type]
 
     full = {
         "n": len(y),

@@ -8,7 +8,14 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -133,6 +140,13 @@ class Settings(BaseSettings):
     breed_map: Path | None = None
     # `Col=value,...`: the target values meaning "no breed yet"; a withdrawal writes them back.
     target_undecided: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # `Col=value,...`: columns set on every write to the target, as the shelter's own software
+    # sets them on a save (who changed it, when, the optimistic-lock version). `now` is the
+    # database's current timestamp, `increment` adds 1; any other value is written as given.
+    target_stamp: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # How long a write waits for a target record another session holds locked (staff have the
+    # animal open in a long transaction); then the animal is left for the next pass.
+    target_lock_timeout_seconds: int = Field(default=10, ge=1, le=3600)
     # A photo disagrees with its animal's answer when its own best breed beats the animal's
     # breed by more than this (in that photo's probabilities): the animal goes to review.
     group_disagreement: float = Field(default=0.5, ge=0.0, le=1.0)
@@ -310,11 +324,15 @@ class Settings(BaseSettings):
             raise ValueError("context_columns names more than 10 columns")
         return [str(_identifier(c, "context_columns entry")) for c in v]
 
-    @field_validator("target_undecided", mode="before")
+    @field_validator("target_undecided", "target_stamp", mode="before")
     @classmethod
-    def _parse_undecided(cls, v: Any) -> Any:
+    def _parse_column_values(cls, v: Any, info: ValidationInfo) -> Any:
         if not isinstance(v, str):
             return v
+        example = {
+            "target_undecided": "BreedID=412,BreedName=Mixed Breed",
+            "target_stamp": "LastChangedBy=labeler,LastChangedDate=now",
+        }[str(info.field_name)]
         values: dict[str, str] = {}
         for part in v.split(","):
             if not part.strip():
@@ -322,17 +340,26 @@ class Settings(BaseSettings):
             column, sep, value = part.partition("=")
             if not sep:
                 raise ValueError(
-                    f"target_undecided entry {part.strip()!r} is not Column=value "
-                    "(e.g. BreedID=412,BreedName=Mixed Breed)"
+                    f"{info.field_name} entry {part.strip()!r} is not Column=value (e.g. {example})"
                 )
             values[column.strip()] = value.strip()
         return values
 
-    @field_validator("target_undecided")
+    @field_validator("target_undecided", "target_stamp")
     @classmethod
-    def _check_undecided(cls, v: dict[str, str]) -> dict[str, str]:
-        for column in v:
-            _identifier(column, "target_undecided column")
+    def _check_column_values(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        for column, value in v.items():
+            _identifier(column, f"{info.field_name} column")
+            if info.field_name == "target_stamp" and not value:
+                raise ValueError(
+                    f"target_stamp column {column!r} has no value (Column=value; `now` for the "
+                    "database's current time, `increment` to add 1)"
+                )
+        if info.field_name == "target_stamp":
+            lowered = [c.lower() for c in v]
+            twice = sorted({c for c in v if lowered.count(c.lower()) > 1})
+            if twice:
+                raise ValueError(f"target_stamp names column {twice[0]!r} twice")
         return v
 
     @model_validator(mode="after")
@@ -352,6 +379,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"target_table is set, so {', '.join(missing)} must be set too")
         elif self.target_key_column or self.breed_map or self.target_undecided:
             raise ValueError("target_key_column, breed_map and target_undecided need target_table")
+        elif self.target_stamp:
+            raise ValueError("target_stamp needs target_table")
         if self.context_columns and not self.source_group_column:
             raise ValueError("context_columns needs source_group_column")
         return self

@@ -26,7 +26,7 @@ API::
     labeler_settings(url, storage, dialect, file_root=..., breed_map=...) -> dict[str, str]
     snapshot(conn) -> dict[str, list[tuple]]    # every row of the shelter's tables, to compare
     target_columns(dialect) -> dict             # the animal table's column names on that server
-    animals(conn) -> list[dict]                 # id, name, code, species, breed_id, breed_name
+    animals(conn) -> list[dict]                 # id, name, code, species, breeds, stamps
     staff_sets_breed(conn, animal_id, breed_id) # what ASM3's animal screen does on save
     refile_species(conn, animal_id, species_id) # e.g. a "dog" that is a cat (CAT)
     delete_media(conn, media_id)                # staff delete a photo (media + dbfs rows)
@@ -41,6 +41,7 @@ import base64
 import csv
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ DOMESTIC_SHORT_HAIR = 261
 LINK_ANIMAL, LINK_OWNER = 0, 3
 MEDIA_FILE, MEDIA_VIDEO_LINK = 0, 2
 STORAGES = ("base64", "file")
+# The stamps intake left on every record, and the RecordVersion a staff save sets (ASM3 writes
+# the time of day as hhmmss).
+INTAKE_DATE = datetime(2026, 11, 2, 9, 30)
+INTAKE_VERSION, STAFF_VERSION = 93000, 143015
 
 # Smallest well-formed PDF: a document attached to an animal must never be read as a photo.
 _PDF = (
@@ -80,7 +85,13 @@ def asm3_breeds() -> list[tuple[int, str, int]]:
 
 def _types(dialect: str) -> dict[str, str]:
     if dialect == "postgresql":
-        return {"int": "INTEGER", "short": "VARCHAR(255)", "long": "TEXT", "tail": ""}
+        return {
+            "int": "INTEGER",
+            "short": "VARCHAR(255)",
+            "long": "TEXT",
+            "date": "TIMESTAMP",
+            "tail": "",
+        }
     if dialect in ("mysql", "mariadb"):
         # ASM3 on MySQL/MariaDB: InnoDB, utf8mb4, the server's default (case-insensitive)
         # collation.
@@ -88,9 +99,10 @@ def _types(dialect: str) -> dict[str, str]:
             "int": "INTEGER",
             "short": "VARCHAR(255)",
             "long": "LONGTEXT",
+            "date": "DATETIME",
             "tail": " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         }
-    return {"int": "INTEGER", "short": "TEXT", "long": "TEXT", "tail": ""}
+    return {"int": "INTEGER", "short": "TEXT", "long": "TEXT", "date": "TIMESTAMP", "tail": ""}
 
 
 def create_schema(conn: Connection) -> None:
@@ -105,7 +117,11 @@ def create_schema(conn: Connection) -> None:
         f"AnimalName {t['short']} NOT NULL, ShelterCode {t['short']}, "
         f"SpeciesID {t['int']} NOT NULL, BreedID {t['int']} NOT NULL, Breed2ID {t['int']}, "
         f"BreedName {t['short']}, CrossBreed {t['int']} NOT NULL DEFAULT 0, Sex {t['int']}, "
-        f"Archived {t['int']} NOT NULL DEFAULT 0){t['tail']}",
+        f"Archived {t['int']} NOT NULL DEFAULT 0, "
+        # What ASM3 sets on every save: who, when, and the version its screens compare to
+        # refuse a save over someone else's change.
+        f"LastChangedBy {t['short']}, LastChangedDate {t['date']}, "
+        f"RecordVersion {t['int']}){t['tail']}",
         f"CREATE TABLE dbfs (ID {t['int']} NOT NULL PRIMARY KEY, Name {t['short']}, "
         f"Path {t['short']}, URL {t['short']}, Content {t['long']}){t['tail']}",
         f"CREATE TABLE media (ID {t['int']} NOT NULL PRIMARY KEY, LinkTypeID {t['int']} NOT NULL, "
@@ -281,10 +297,11 @@ def seed(
     conn.execute(
         text(
             "INSERT INTO animal (ID, AnimalName, ShelterCode, SpeciesID, BreedID, Breed2ID, "
-            "BreedName, CrossBreed, Sex, Archived) VALUES (:id, :name, :code, :species, :breed, "
-            ":breed2, :breed_name, 0, :sex, 0)"
+            "BreedName, CrossBreed, Sex, Archived, LastChangedBy, LastChangedDate, "
+            "RecordVersion) VALUES (:id, :name, :code, :species, :breed, :breed2, :breed_name, "
+            "0, :sex, 0, 'intake', :changed, :version)"
         ),
-        animals,
+        [{**a, "changed": INTAKE_DATE, "version": INTAKE_VERSION} for a in animals],
     )
     conn.execute(
         text(
@@ -344,7 +361,14 @@ def create_photo_view(conn: Connection, storage: str) -> None:
 
 def target_columns(dialect: str) -> dict[str, str]:
     """The animal table's column names as that server reports them (PostgreSQL: lower case)."""
-    names = {"key": "ID", "breed_id": "BreedID", "breed_name": "BreedName"}
+    names = {
+        "key": "ID",
+        "breed_id": "BreedID",
+        "breed_name": "BreedName",
+        "changed_by": "LastChangedBy",
+        "changed_date": "LastChangedDate",
+        "version": "RecordVersion",
+    }
     if dialect == "postgresql":
         return {k: v.lower() for k, v in names.items()}
     return names
@@ -374,6 +398,9 @@ def labeler_settings(
         "LABELER_TARGET_KEY_COLUMN": cols["key"],
         "LABELER_TARGET_UNDECIDED": (
             f"{cols['breed_id']}={MIXED_BREED_ID},{cols['breed_name']}={MIXED_BREED_NAME}"
+        ),
+        "LABELER_TARGET_STAMP": (
+            f"{cols['changed_by']}=labeler,{cols['changed_date']}=now,{cols['version']}=increment"
         ),
         "LABELER_BREED_MAP": str(breed_map or default_breed_map()),
         "LABELER_BREED_TABLE": "breed",
@@ -411,7 +438,9 @@ def animals(conn: Connection) -> list[dict[str, Any]]:
         text(
             "SELECT a.ID AS id, a.AnimalName AS name, a.ShelterCode AS code, "
             "s.SpeciesName AS species, a.BreedID AS breed_id, a.BreedName AS breed_name, "
-            "a.Breed2ID AS breed2_id, a.CrossBreed AS cross_breed "
+            "a.Breed2ID AS breed2_id, a.CrossBreed AS cross_breed, "
+            "a.LastChangedBy AS changed_by, a.LastChangedDate AS changed_date, "
+            "a.RecordVersion AS record_version "
             "FROM animal a JOIN species s ON s.ID = a.SpeciesID ORDER BY a.ID"
         )
     )
@@ -422,13 +451,15 @@ def animals(conn: Connection) -> list[dict[str, Any]]:
 
 
 def staff_sets_breed(conn: Connection, animal_id: int, breed_id: int) -> None:
-    """Staff pick a breed on the animal's details screen: ASM3 saves the id and its name."""
+    """Staff pick a breed on the animal's details screen: ASM3 saves the id and its name,
+    and stamps the record as every save does."""
     conn.execute(
         text(
             "UPDATE animal SET BreedID = :b, Breed2ID = :b, "
-            "BreedName = (SELECT BreedName FROM breed WHERE ID = :b) WHERE ID = :a"
+            "BreedName = (SELECT BreedName FROM breed WHERE ID = :b), LastChangedBy = 'staff', "
+            "LastChangedDate = CURRENT_TIMESTAMP, RecordVersion = :v WHERE ID = :a"
         ),
-        {"a": animal_id, "b": breed_id},
+        {"a": animal_id, "b": breed_id, "v": STAFF_VERSION},
     )
 
 

@@ -44,13 +44,15 @@ from labeler.model.runtime import available_cores
 from labeler.photos.fetching import LoaderConfig
 from labeler.store.engine import short_error as _short
 from labeler.store.engine import utc_now
-from labeler.store.seam import Refused, SourceChanged, Store
-from labeler.store.writeback import GroupPolicy
+from labeler.store.seam import Refused, SourceChanged, Store, TargetLocked
+from labeler.store.writeback import WRITE_DENIED, GroupPolicy
 
 __all__ = ["LabellingPass", "PassConfig", "PassSummary", "SourceChanged", "worker_name"]
 
 log = logging.getLogger("labeler.pass")
 MAX_DEFAULT_DECODERS = 8
+# What an animal counts as in the pass's summary when its record stayed locked.
+LOCKED = "locked (tried again next pass)"
 Clock = Callable[[], datetime]
 
 
@@ -183,6 +185,12 @@ class LabellingPass:
         self._timing = threading.Lock()
         self._animals: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
+        # SQLite locks the whole database: once a write timed out, the others would too.
+        self._database_locked = False
+        # Animals whose record stayed locked, or may not be written: not tried again after
+        # each batch of this pass, but at the next pass.
+        self._locked: set[str] = set()
+        self._denied_reported = False
 
     # -- the pass -------------------------------------------------------------------------
 
@@ -425,6 +433,10 @@ class LabellingPass:
         if found:
             self.progress(f"{found} animals got a breed from staff since the last pass")
         for row in self.store.reviewed_groups(100_000, self.config.max_attempts):
+            if self._database_locked:
+                break
+            if str(row["group_id"]) in self._locked:
+                continue
             status = self._group_step(
                 "writing a reviewed breed",
                 str(row["group_id"]),
@@ -435,6 +447,8 @@ class LabellingPass:
     def _settle_groups(self) -> None:
         """Decide every animal none of whose photos is still waiting."""
         seen: set[str] = set()
+        # A database-wide lock is tried again once per round (after each batch), not per animal.
+        self._database_locked = False
         policy = GroupPolicy(
             self.config.thresholds, self.config.group_disagreement, self.config.max_attempts
         )
@@ -445,11 +459,13 @@ class LabellingPass:
                 now=self.clock(),
                 limit=100,
             )
-            ids = [g for g in ids if g not in seen]
+            ids = [g for g in ids if g not in seen and g not in self._locked]
             if not ids:
                 return
             seen.update(ids)
             for group_id in ids:
+                if self._database_locked:
+                    return  # every other animal would wait as long: the next pass decides them
                 status = self._group_step(
                     "deciding an animal",
                     group_id,
@@ -467,7 +483,16 @@ class LabellingPass:
         """One animal in its own transaction: a record the target refuses fails this animal
         with the reason; the pass goes on."""
         try:
-            return step()
+            status = step()
+        except TargetLocked as exc:
+            # Not the animal's fault and nothing changed: no attempt, no failure; it is still
+            # pending (or its review unwritten) and the next pass tries again.
+            extra = {"run_id": self._run_id, "animal": group_id}
+            log.warning("animal %s: %s failed: %s", group_id, what, exc, extra=extra)
+            self._errors[f"animal: {what}: {exc}"[:200]] += 1
+            self._database_locked = self._database_locked or exc.database_wide
+            self._locked.add(group_id)
+            return LOCKED
         except Refused as exc:
             reason = f"{what} failed: {exc}"
             extra = {"run_id": self._run_id, "animal": group_id}
@@ -475,3 +500,17 @@ class LabellingPass:
             self._errors[f"animal: {reason}"[:120]] += 1
             self.store.fail_group(group_id, reason, run_id=self._run_id, now=self.clock())
             return PhotoStatus.FAILED
+        if status == WRITE_DENIED:
+            # Every animal would say the same: once per pass in the log and the run's errors;
+            # each animal's last_error has the database's words.
+            self._locked.add(group_id)
+            if not self._denied_reported:
+                self._denied_reported = True
+                message = (
+                    "the database user may not update the target (LABELER_TARGET_TABLE): "
+                    "answers are kept and written at the next pass once UPDATE is granted "
+                    "(see `labeler check` and the animals' last_error)"
+                )
+                log.error("%s", message, extra={"run_id": self._run_id})
+                self._errors[message] += 1
+        return status

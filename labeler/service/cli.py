@@ -115,6 +115,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             "claimed_now": repo.claimed_count(session, utc_now()),
             "recent_runs": repo.recent_runs(session, args.runs),
             "animals": repo.group_status_counts(session),  # one row per animal
+            **(repo.waiting_animals(session) if settings.source_group_column else {}),
             **_trust_status(settings, session),
         }
     if args.json:
@@ -127,6 +128,13 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(f"review queue: {report['review_queue']}   claimed right now: {report['claimed_now']}")
     if report["animals"]:
         print("animals:  " + ", ".join(f"{n} {s}" for s, n in sorted(report["animals"].items())))
+    for key, what in (
+        ("writes_waiting", "animals whose answer waits to be written"),
+        ("refused_reviews", "reviewed breeds labeler could not use (still in the queue)"),
+    ):
+        waiting = report.get(key) or {}
+        if waiting.get("count"):
+            print(f"  {what}: {waiting['count']}, e.g. {str(waiting['example'])[:200]}")
     _print_trust_status(report)
     print("recent runs:")
     runs: list[dict[str, Any]] = report["recent_runs"]

@@ -79,6 +79,9 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 # Execution option: this transaction only reads (see _sqlite_on_begin).
 READ_ONLY = "labeler_read_only"
+# Execution option: how long (ms) this transaction's BEGIN waits for another writer on SQLite,
+# instead of SQLITE_BUSY_TIMEOUT_MS (the writes to the shelter's record wait less).
+BUSY_TIMEOUT_MS = "labeler_busy_timeout_ms"
 
 
 def _sqlite_on_begin(conn: Any) -> None:
@@ -86,8 +89,13 @@ def _sqlite_on_begin(conn: Any) -> None:
     # instead of deadlocking when both try to upgrade a read lock. A transaction that only
     # reads (the photos of a batch: megabytes) needs no write lock, and with WAL it neither
     # waits for writers nor holds them up.
-    read_only = conn.get_execution_options().get(READ_ONLY)
-    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+    options = conn.get_execution_options()
+    busy = int(options.get(BUSY_TIMEOUT_MS, SQLITE_BUSY_TIMEOUT_MS))
+    if conn.info.get(BUSY_TIMEOUT_MS, SQLITE_BUSY_TIMEOUT_MS) != busy:
+        # Per connection, not per transaction: set it back for the transactions that follow.
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {busy}")
+        conn.info[BUSY_TIMEOUT_MS] = busy
+    conn.exec_driver_sql("BEGIN" if options.get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -128,6 +136,25 @@ def is_transient(exc: BaseException) -> bool:
         message = str(orig).lower()
         return any(w in message for w in ("locked", "busy", "disk i/o", "unable to open"))
     return True
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """A statement gave up waiting for a lock another session holds: PostgreSQL's
+    lock_not_available (lock_timeout), MariaDB's lock wait timeout (1205), SQLite's busy
+    database. Not an outage: the row (the animal) waits for the next pass."""
+    if not isinstance(exc, DBAPIError) or exc.connection_invalidated:
+        return False
+    orig = exc.orig
+    args = getattr(orig, "args", ())
+    if type(orig).__module__.startswith("pymysql"):
+        return bool(args and args[0] == 1205)
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        return sqlstate == "55P03"
+    if isinstance(orig, sqlite3.OperationalError):
+        message = str(orig).lower()
+        return "locked" in message or "busy" in message
+    return False
 
 
 # Errors that name the source itself, not one of its rows: its table or a column is gone

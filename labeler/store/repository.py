@@ -8,7 +8,8 @@ identifiers of the configured source."""
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -36,6 +37,7 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    text,
     update,
 )
 from sqlalchemy import String as SAString
@@ -906,7 +908,7 @@ def review_queue_size(session: Session) -> int:
         )
     )
     animals = session.scalar(
-        select(func.count()).where(group.c.status == NEEDS_REVIEW, group.c.reviewed_breed.is_(None))
+        select(func.count()).where(group.c.status == NEEDS_REVIEW, _waiting_for_staff())
     )
     return int(photos or 0) + int(animals or 0)
 
@@ -1034,6 +1036,7 @@ def group_decided_rows(session: Session) -> list[dict[str, Any]]:
             group.c.audit,
             group.c.review_reason,
             group.c.reviewed_breed,
+            group.c.refused_breed,
             group.c.staff_values,
         ).where(
             group.c.status.in_(_DECIDED_STATUSES),
@@ -1259,13 +1262,19 @@ def save_group(session: Session, group_id: str, values: Mapping[str, Any]) -> No
     session.execute(update(group).where(group.c.group_id == group_id).values(**values))
 
 
+def _waiting_for_staff() -> ColumnElement[bool]:
+    """No reviewed breed, or only one labeler refused and staff have not changed since (the
+    per-animal review view's condition)."""
+    return or_(group.c.reviewed_breed.is_(None), group.c.reviewed_breed == group.c.refused_breed)
+
+
 def open_groups(session: Session, after: str | None, limit: int) -> list[dict[str, Any]]:
     """Animals no person has decided yet, in key order from ``after``: their target rows are
-    checked for a breed staff set in their own UI."""
+    checked for a breed staff set in their own UI (also after a refused reviewed breed)."""
     query = select(group.c.group_id, group.c.written_values).where(
         group.c.status.in_([PENDING, LABELLED, NEEDS_REVIEW, FAILED]),
         group.c.staff_values.is_(None),
-        group.c.reviewed_breed.is_(None),
+        _waiting_for_staff(),
     )
     if after is not None:
         query = query.where(group.c.group_id > after)
@@ -1279,6 +1288,8 @@ def reviewed_groups(session: Session, limit: int, max_attempts: int = 3) -> list
         select(group.c.group_id, group.c.reviewed_breed, group.c.written_values)
         .where(
             group.c.reviewed_breed.is_not(None),
+            # A refusal is said once; a new value from staff is tried again.
+            or_(group.c.refused_breed.is_(None), group.c.reviewed_breed != group.c.refused_breed),
             group.c.staff_values.is_(None),
             group.c.status.not_in([REVIEWED, GONE]),
             group.c.attempts < max_attempts,  # a write the target keeps refusing retires
@@ -1326,7 +1337,14 @@ def _one_record(
     a caller goes on with the transaction.
     """
     savepoint = session.begin_nested() if nested else None
-    result = session.execute(statement, execution_options={"preserve_rowcount": True})
+    try:
+        result = session.execute(statement, execution_options={"preserve_rowcount": True})
+    except Exception:
+        # Back to before the statement, so a caller may record why and go on (PostgreSQL
+        # refuses any statement after an error until then).
+        if savepoint is not None and savepoint.is_active:
+            savepoint.rollback()
+        raise
     changed = int(result.rowcount or 0)  # type: ignore[attr-defined]
     if changed > 1:
         if savepoint is not None:
@@ -1360,9 +1378,68 @@ def write_target(
         update(table)
         .where(*_same_key(session, target.key, target.key_value(group_id), group_id))
         .where(or_(*allowed))
-        .values(**target.typed(values))
+        .values(**target.typed(values), **_stamps(target))
     )
     return _one_record(session, target, group_id, statement)
+
+
+def _stamps(target: Any) -> dict[str, Any]:
+    """LABELER_TARGET_STAMP as SET clauses: the database's own clock for `now` (a function,
+    not a time labeler formats), the column plus one for `increment`, bound values otherwise.
+    Only columns the guard never compares, so a stamp cannot look like a staff change."""
+    from labeler.store.writeback import STAMP_INCREMENT, STAMP_NOW
+
+    out: dict[str, Any] = {}
+    for name, value in target.typed_stamps().items():
+        column = target.table.c[name]
+        if value == STAMP_NOW:
+            out[name] = func.current_timestamp()
+        elif value == STAMP_INCREMENT:
+            out[name] = func.coalesce(column, 0) + 1
+        else:
+            # Text for a date or number column goes as text: the database converts it.
+            kind = None if isinstance(value, str) else column.type
+            out[name] = bindparam(f"stamp_{name}", value, type_=kind)
+    return out
+
+
+@contextmanager
+def lock_timeout(session: Session, seconds: int | None) -> Iterator[None]:
+    """Within this block, a statement that waits longer than ``seconds`` for a lock another
+    session holds fails instead of waiting (PostgreSQL: for the rest of the transaction, which
+    labeler ends right after; MariaDB: the session's setting, put back afterwards). SQLite locks
+    the whole database at BEGIN: its busy timeout is set there, see
+    :data:`labeler.store.engine.BUSY_TIMEOUT_MS`."""
+    dialect = session.get_bind().dialect.name
+    if seconds is None or dialect not in ("postgresql", "mysql", "mariadb"):
+        yield
+        return
+    if dialect == "postgresql":
+        # is_local: ends with the transaction, also when the transaction fails.
+        session.execute(select(func.set_config("lock_timeout", f"{int(seconds) * 1000}", True)))
+        yield
+        return
+    before = session.scalar(text("SELECT @@SESSION.innodb_lock_wait_timeout"))
+    session.execute(
+        text("SET SESSION innodb_lock_wait_timeout = :seconds"), {"seconds": int(seconds)}
+    )
+    failed = False
+    try:
+        yield
+    except BaseException:
+        failed = True
+        raise
+    finally:
+        try:
+            session.execute(
+                text("SET SESSION innodb_lock_wait_timeout = :seconds"),
+                {"seconds": int(before or 50)},
+            )
+        except Exception:
+            # The connection itself went away: the original error says why; a new
+            # connection starts with the server's default.
+            if not failed:
+                raise
 
 
 def duplicate_target_key(session: Session, target: Any) -> tuple[Any, int] | None:
@@ -1402,6 +1479,29 @@ def written_group_count(session: Session) -> int:
         )
         or 0
     )
+
+
+def waiting_animals(session: Session) -> dict[str, Any]:
+    """For ``status``: animals whose answer waits for a write the database refused for lack of
+    privilege (pending with a reason), and reviewed breeds labeler refused, each with an
+    example reason."""
+    out: dict[str, Any] = {}
+    kinds = {
+        "writes_waiting": and_(group.c.status == PENDING, group.c.last_error.is_not(None)),
+        "refused_reviews": and_(
+            group.c.status == NEEDS_REVIEW, group.c.reviewed_breed == group.c.refused_breed
+        ),
+    }
+    for name, condition in kinds.items():
+        count = int(session.scalar(select(func.count()).where(condition)) or 0)
+        reason = None
+        if count:
+            column = group.c.last_error if name == "writes_waiting" else group.c.refusal
+            reason = session.scalar(
+                select(column).where(condition).order_by(group.c.group_id).limit(1)
+            )
+        out[name] = {"count": count, "example": reason}
+    return out
 
 
 def group_status_counts(session: Session) -> dict[str, int]:
@@ -1491,6 +1591,7 @@ def group_review_queue(session: Session, limit: int = 50) -> list[dict[str, Any]
 
     names: tuple[str, ...] = ("group_id", "context", "photo_ids", "photos_used", "review_reason")
     names += ("breed", "confidence", "breed_2", "confidence_2", "breed_3", "confidence_3")
+    names += ("reviewed_breed", "refusal")
     view = sa_table(GROUP_REVIEW_VIEW, *(sa_column(n) for n in names))
     rows = session.execute(
         select(*view.c).order_by(view.c.confidence, view.c.group_id).limit(limit)
@@ -1528,6 +1629,6 @@ def try_write_target(
     statement = (
         update(target.table)
         .where(*_same_key(session, target.key, target.key_value(group_id), group_id))
-        .values(**target.typed(values))
+        .values(**target.typed(values), **_stamps(target))
     )
     return _one_record(session, target, group_id, statement, nested=False)

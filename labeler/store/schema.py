@@ -219,6 +219,13 @@ group = Table(
     Column("discovered_at", DateTime(), nullable=False),
     Column("updated_at", DateTime(), nullable=False),
     Column("decided_at", DateTime()),
+    # migration 0004: a reviewed breed that could not be written stays in the queue with why.
+    Column(
+        "refused_breed",
+        String(128),
+        comment="a reviewed_breed labeler could not write, as staff set it",
+    ),
+    Column("refusal", String(255), comment="why that reviewed breed failed"),
     CheckConstraint(
         "status IN ('pending', 'labelled', 'needs_review', 'failed', 'reviewed', 'gone')",
         name="status",

@@ -24,8 +24,10 @@ from labeler.core.domain import Outcome, SaveCounts, SourceRow
 from labeler.shelter.source import Source, SourceError
 from labeler.store import repository as repo
 from labeler.store.engine import (
+    BUSY_TIMEOUT_MS,
     READ_ONLY,
     RetryPolicy,
+    is_lock_timeout,
     is_transient,
     short_error,
     source_error_kind,
@@ -61,6 +63,17 @@ class SourceUnreadable(Exception):
 class Refused(Exception):
     """The database refused an operation on these rows for good (not a transient error):
     the rows (or the animal) fail with this reason, and the pass goes on."""
+
+
+class TargetLocked(Exception):
+    """Another session held the animal's record (on SQLite: the database) locked for longer
+    than LABELER_TARGET_LOCK_TIMEOUT_SECONDS. Nothing was written and no attempt counts: the
+    animal stays as it was and is tried again at the next pass. ``database_wide``: every other
+    animal would wait the same (SQLite has one lock for the whole database)."""
+
+    def __init__(self, message: str, *, database_wide: bool = False) -> None:
+        super().__init__(message)
+        self.database_wide = database_wide
 
 
 class Store(Protocol):
@@ -123,7 +136,8 @@ class Store(Protocol):
     def reviewed_groups(self, limit: int, max_attempts: int) -> list[Mapping[str, Any]]: ...
 
     def apply_review(self, row: Mapping[str, Any], now: datetime) -> str:
-        """Write a reviewed breed; raise :class:`Refused` when the target refuses it."""
+        """Write a reviewed breed; raise :class:`Refused` when the target refuses it, and
+        :class:`TargetLocked` when its record stays locked past the lock timeout."""
         ...
 
     def ready_groups(
@@ -133,7 +147,8 @@ class Store(Protocol):
     def settle_group(
         self, group_id: str, policy: GroupPolicy, *, model_version: str, run_id: int, now: datetime
     ) -> str:
-        """Decide one animal; raise :class:`Refused` when the target refuses the result."""
+        """Decide one animal; raise :class:`Refused` when the target refuses the result, and
+        :class:`TargetLocked` when its record stays locked past the lock timeout."""
         ...
 
     def fail_group(self, group_id: str, reason: str, *, run_id: int, now: datetime) -> None: ...
@@ -157,6 +172,12 @@ class SqlStore:
         self.read_sessions: sessionmaker[Session] = sessionmaker(
             engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
         )
+        # Transactions that write the shelter's record: on SQLite their BEGIN waits only as
+        # long as the target's lock timeout for another writer.
+        busy = {BUSY_TIMEOUT_MS: target.lock_timeout_seconds * 1000} if target else {}
+        self.target_sessions: sessionmaker[Session] = sessionmaker(
+            engine.execution_options(**busy), expire_on_commit=False
+        )
         self.source = source
         self.target = target
         self.retry = retry or RetryPolicy()
@@ -169,8 +190,16 @@ class SqlStore:
     def grouped(self) -> bool:
         return self.source.group_column is not None
 
-    def _tx(self, what: str, fn: Callable[[Session], T], *, read_only: bool = False) -> T:
-        sessions = self.read_sessions if read_only else self.sessions
+    def _tx(
+        self,
+        what: str,
+        fn: Callable[[Session], T],
+        *,
+        read_only: bool = False,
+        sessions: sessionmaker[Session] | None = None,
+    ) -> T:
+        if sessions is None:
+            sessions = self.read_sessions if read_only else self.sessions
 
         def action() -> T:
             with sessions.begin() as session:
@@ -184,10 +213,11 @@ class SqlStore:
         fn: Callable[[Session], T],
         *errors: type[Exception],
         read_only: bool = False,
+        sessions: sessionmaker[Session] | None = None,
     ) -> T:
         catch: tuple[type[Exception], ...] = (StatementError, *errors)
         try:
-            return self._tx(what, fn, read_only=read_only)
+            return self._tx(what, fn, read_only=read_only, sessions=sessions)
         except catch as exc:
             if is_transient(exc):
                 raise
@@ -350,12 +380,39 @@ class SqlStore:
             self._tx("reading reviews", lambda s: repo.reviewed_groups(s, limit, max_attempts))
         )
 
-    def apply_review(self, row: Mapping[str, Any], now: datetime) -> str:
+    def _writing_target(self, what: str, fn: Callable[[Session], T]) -> T:
+        """One animal's transaction that may write its record: a lock held past the lock
+        timeout becomes :class:`TargetLocked` (never retried within the pass, never an
+        attempt); a permanent refusal :class:`Refused`."""
+        timeout = self.target.lock_timeout_seconds if self.target is not None else None
+
+        def guarded(session: Session) -> T:
+            try:
+                with repo.lock_timeout(session, timeout):
+                    return fn(session)
+            except DBAPIError as exc:
+                if not is_lock_timeout(exc):
+                    raise
+                sqlite = session.get_bind().dialect.name == "sqlite"
+                held = "the database" if sqlite else "the animal's record"
+                raise TargetLocked(
+                    f"{held} stayed locked by another session for more than {timeout} s "
+                    "(LABELER_TARGET_LOCK_TIMEOUT_SECONDS); nothing written, tried again at "
+                    "the next pass",
+                    database_wide=sqlite,
+                ) from exc
+
         return self._refusable(
-            "writing a reviewed breed",
-            lambda s: apply_review(s, self.target, row, now),
+            what,
+            guarded,
             TargetValueError,
             repo.NotOneRecord,
+            sessions=self.target_sessions,
+        )
+
+    def apply_review(self, row: Mapping[str, Any], now: datetime) -> str:
+        return self._writing_target(
+            "writing a reviewed breed", lambda s: apply_review(s, self.target, row, now)
         )
 
     def ready_groups(
@@ -371,7 +428,7 @@ class SqlStore:
     def settle_group(
         self, group_id: str, policy: GroupPolicy, *, model_version: str, run_id: int, now: datetime
     ) -> str:
-        return self._refusable(
+        return self._writing_target(
             "deciding an animal",
             lambda s: settle_group(
                 s,
@@ -382,8 +439,6 @@ class SqlStore:
                 run_id=run_id,
                 now=now,
             ),
-            TargetValueError,
-            repo.NotOneRecord,
         )
 
     def fail_group(self, group_id: str, reason: str, *, run_id: int, now: datetime) -> None:

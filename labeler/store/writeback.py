@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sqlalchemy import Column, Connection, Table
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from labeler.config.settings import Settings, setting_default
@@ -21,7 +22,8 @@ from labeler.decide.grouping import decide_group, parse_scores
 from labeler.decide.thresholds import GroupVerdict
 from labeler.shelter.source import SourceError, reflect_table
 from labeler.store import repository as repo
-from labeler.store.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, REVIEWED
+from labeler.store.engine import short_error, source_error_kind
+from labeler.store.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, PENDING, REVIEWED
 
 
 class TargetValueError(ValueError):
@@ -36,6 +38,10 @@ class Target:
     undecided: Mapping[str, str]  # column -> text meaning "no breed yet"
     lookup: Callable[[str], Mapping[str, str] | None]  # our label -> target values (text)
     label_for: Callable[[Mapping[str, object]], str | None] | None = None
+    # Columns set on every write besides the breed (column -> `now`, `increment` or a value).
+    # They are never read back: what labeler compares is only the breed map's columns.
+    stamps: Mapping[str, str] = field(default_factory=dict)
+    lock_timeout_seconds: int = setting_default("target_lock_timeout_seconds")
 
     @property
     def key(self) -> Column[Any]:
@@ -48,9 +54,23 @@ class Target:
         """Text values -> the target columns' Python types, ready to bind."""
         return {name: _convert(self.table.c[name], value) for name, value in values.items()}
 
+    def typed_stamps(self) -> dict[str, Any]:
+        """The stamps with their literal values converted to the columns' types; `now` and
+        `increment` stay as words, for the statement to turn into SQL."""
+        return {
+            name: value if value in STAMP_WORDS else _convert(self.table.c[name], value)
+            for name, value in self.stamps.items()
+        }
+
     def undecided_values(self) -> dict[str, str]:
         """What a withdrawal writes: the undecided values (columns without one stay)."""
         return dict(self.undecided)
+
+
+# Stamp values that are not written as given: the database's current timestamp, and the
+# column's value plus one (a version that must change on every save).
+STAMP_NOW, STAMP_INCREMENT = "now", "increment"
+STAMP_WORDS = frozenset({STAMP_NOW, STAMP_INCREMENT})
 
 
 def _convert(column: Column[Any], value: str) -> Any:
@@ -136,6 +156,7 @@ def reflect_target(conn: Connection, settings: Settings) -> Target | None:
                 f"LABELER_TARGET_UNDECIDED names column {column!r}, which is not one of the "
                 f"breed map's columns ({', '.join(breed_map.columns)})"
             )
+    stamps = _matched_stamps(table, settings, breed_map.columns)
     target = Target(
         table=table,
         key_column=settings.target_key_column,
@@ -143,17 +164,115 @@ def reflect_target(conn: Connection, settings: Settings) -> Target | None:
         undecided=dict(settings.target_undecided),
         lookup=breed_map.lookup,
         label_for=breed_map.label_for,
+        stamps=stamps,
+        lock_timeout_seconds=settings.target_lock_timeout_seconds,
     )
     try:
         target.typed(target.undecided)
     except TargetValueError as exc:
         raise SourceError(f"LABELER_TARGET_UNDECIDED: {exc}") from exc
+    try:
+        target.typed_stamps()
+    except TargetValueError as exc:
+        raise SourceError(f"LABELER_TARGET_STAMP: {exc}") from exc
     return target
+
+
+def _python_type(column: Column[Any]) -> type | None:
+    try:
+        return column.type.python_type
+    except NotImplementedError:
+        return None
+
+
+def _matched_stamps(table: Table, settings: Settings, mapped: tuple[str, ...]) -> dict[str, str]:
+    """LABELER_TARGET_STAMP with its columns in the target's own spelling (matched ignoring
+    case, as the breed map's), each checked against what its value needs."""
+    names = list(table.c.keys())
+    by_lower = {name.lower(): name for name in names}
+    have = ", ".join(sorted(names))
+    stamps: dict[str, str] = {}
+    for wanted, value in settings.target_stamp.items():
+        name = wanted if wanted in table.c else by_lower.get(wanted.lower())
+        if name is None:
+            raise SourceError(
+                f"LABELER_TARGET_STAMP names column {wanted!r}, which {settings.target_table!r} "
+                f"does not have (it has {have})"
+            )
+        if name.lower() in {c.lower() for c in mapped}:
+            raise SourceError(
+                f"LABELER_TARGET_STAMP names column {name!r}, which the breed map already sets: "
+                "a stamp column must be one labeler writes but never compares"
+            )
+        if name.lower() == str(settings.target_key_column).lower():
+            raise SourceError(
+                f"LABELER_TARGET_STAMP names the key column {name!r} (LABELER_TARGET_KEY_COLUMN)"
+            )
+        kind = _python_type(table.c[name])
+        if value == STAMP_NOW and kind is not None and not issubclass(kind, (datetime, date)):
+            raise SourceError(
+                f"LABELER_TARGET_STAMP: {name}=now needs a date/time column, but "
+                f"{settings.target_table}.{name} is {table.c[name].type}"
+            )
+        if value == STAMP_INCREMENT and kind is not None and kind not in (int, Decimal):
+            raise SourceError(
+                f"LABELER_TARGET_STAMP: {name}=increment needs an integer column, but "
+                f"{settings.target_table}.{name} is {table.c[name].type}"
+            )
+        stamps[name] = value
+    return stamps
 
 
 # --- deciding an animal and writing its breed -------------------------------------------------
 
 STAFF_REASON = "staff set the breed in the shelter's own record"
+# What settle_group and apply_review return when the database user may not update the record:
+# the answer is kept, nothing spent, and the write is tried again at every pass.
+WRITE_DENIED = "write denied"
+
+
+class _WriteDenied(Exception):
+    """The database refused the write for lack of privilege (a grant lost in a migration)."""
+
+
+def _write(
+    session: Session,
+    target: Target,
+    group_id: str,
+    values: Mapping[str, str],
+    last_written: Mapping[str, str] | None,
+) -> int:
+    """:func:`repo.write_target`, a missing privilege told apart from a refused value: that
+    is no fault of the animal's, and the same for every animal until the grant is back."""
+    try:
+        return repo.write_target(session, target, group_id, values, last_written)
+    except DBAPIError as exc:
+        if source_error_kind(exc) != "privilege":
+            raise
+        raise _WriteDenied(
+            f"the database user may not update {target.table.name} ({short_error(exc)}): "
+            "grant UPDATE on the breed-map and stamp columns (`labeler check` tries it); the "
+            "answer is kept and written at the next pass"
+        ) from exc
+
+
+def _denied(
+    session: Session, group_id: str, kept: Mapping[str, Any], reason: str, now: datetime
+) -> str:
+    """Keep what was decided, leave the animal pending (so every pass tries the write again,
+    without spending an attempt) and say why."""
+    repo.save_group(
+        session,
+        group_id,
+        {
+            **kept,
+            "status": PENDING,
+            "attempts": 0,
+            "last_error": repo.storable(reason, 1000),
+            "updated_at": now,
+        },
+    )
+    return WRITE_DENIED
 
 
 @dataclass(frozen=True)
@@ -199,7 +318,14 @@ def settle_group(
     """Decide one animal from its photos and write the result (or withdraw an earlier one)
     under the same-statement guard. Returns the animal's new status."""
     row = repo.get_group(session, group_id, lock=True)
-    if row is None or row["status"] == REVIEWED or row["staff_values"] or row["reviewed_breed"]:
+    # Any reviewed_breed, even one labeler refused (empty, a typo), means staff took the animal
+    # over: it waits for them, not for the model.
+    if (
+        row is None
+        or row["status"] == REVIEWED
+        or row["staff_values"]
+        or row["reviewed_breed"] is not None
+    ):
         return str(row["status"]) if row else GONE
     photos = repo.group_photos(session, group_id)
     live = [p for p in photos if p["status"] != GONE]
@@ -217,7 +343,10 @@ def settle_group(
         # its photos deleted): take labeler's own value back off the record, if it is still
         # there; a record someone changed since stays as it is.
         if target is not None and written:
-            repo.write_target(session, target, group_id, target.undecided, written)
+            try:
+                _write(session, target, group_id, target.undecided, written)
+            except _WriteDenied as exc:
+                return _denied(session, group_id, {"run_id": run_id}, str(exc), now)
             gone.update(written_values=None, written_at=now)
         repo.save_group(session, group_id, gone)
         return GONE
@@ -277,15 +406,21 @@ def settle_group(
         elif not _undecided(target, current) and not same_values(current, written):
             return _record_staff(session, group_id, current, now)
         elif decision.status == LABELLED and decision.values is not None:
-            if not same_values(current, decision.values) and not repo.write_target(
-                session, target, group_id, decision.values, written
-            ):
-                return _staff_or_gone(session, target, group_id, now)
+            try:
+                if not same_values(current, decision.values) and not _write(
+                    session, target, group_id, decision.values, written
+                ):
+                    return _staff_or_gone(session, target, group_id, now)
+            except _WriteDenied as exc:
+                return _denied(session, group_id, result, str(exc), now)
             result.update(written_values=values_json(decision.values), written_at=now)
         elif written:
             # The earlier answer no longer stands: give the record back its undecided values.
-            if not repo.write_target(session, target, group_id, target.undecided, written):
-                return _staff_or_gone(session, target, group_id, now)
+            try:
+                if not _write(session, target, group_id, target.undecided, written):
+                    return _staff_or_gone(session, target, group_id, now)
+            except _WriteDenied as exc:
+                return _denied(session, group_id, result, str(exc), now)
             result.update(written_values=None, written_at=now)
     repo.save_group(session, group_id, result)
     return str(result["status"])
@@ -371,44 +506,57 @@ def apply_review(
         locked is None
         or locked["status"] in (REVIEWED, GONE)
         or locked["staff_values"]
-        or not locked["reviewed_breed"]
+        or locked["reviewed_breed"] is None
     ):
         return "skipped"  # decided meanwhile (another labeler, or staff)
     row = locked
     group_id, breed = str(row["group_id"]), str(row["reviewed_breed"])
+    if row["refused_breed"] is not None and row["refused_breed"] == row["reviewed_breed"]:
+        return "refused"  # said already; staff's next value is tried at the next pass
+    label = reviewed_label(breed)
+    if label is None or not label.strip():
+        return _refuse_review(session, row, _unknown_label_reason(breed), now)
     if target is None:
-        repo.save_group(session, group_id, {"status": REVIEWED, "updated_at": now})
+        repo.save_group(session, group_id, {"status": REVIEWED, "updated_at": now, **_NO_REFUSAL})
         return REVIEWED
-    values = target.lookup(breed)
+    values = target.lookup(label)
     if values is None:
-        repo.save_group(
+        why = "not a dog breed" if label in NOT_A_BREED else "not in the breed map"
+        return _refuse_review(
             session,
-            group_id,
-            {
-                "last_error": repo.storable(
-                    f"reviewed breed {breed!r} is not in the breed map", 1000
-                ),
-                "updated_at": now,
-            },
+            row,
+            f"reviewed breed {breed!r} is {why} (LABELER_BREED_MAP), so it cannot be written "
+            "to the record: set reviewed_breed to a mapped label, or set the breed in the "
+            "shelter's own screen",
+            now,
         )
-        return "unmapped"
     written = parse_values(row["written_values"])
     current = repo.read_targets(session, target, [group_id]).get(group_id)
     if current is None:
-        repo.save_group(
+        return _refuse_review(
             session,
-            group_id,
-            {"last_error": "the animal's record does not exist", "updated_at": now},
+            row,
+            f"no {target.table.name} record has {target.key_column} = {group_id}: the reviewed "
+            "breed cannot be written",
+            now,
         )
-        return "missing"
     if not (
         _undecided(target, current) or same_values(current, written) or same_values(current, values)
     ):
         return _record_staff(session, group_id, current, now)
-    if not same_values(current, values) and not repo.write_target(
-        session, target, group_id, values, written
-    ):
-        return _staff_or_gone(session, target, group_id, now)
+    try:
+        if not same_values(current, values) and not _write(
+            session, target, group_id, values, written
+        ):
+            return _staff_or_gone(session, target, group_id, now)
+    except _WriteDenied as exc:
+        # The reviewed breed stays as staff set it and is written at a later pass.
+        repo.save_group(
+            session,
+            group_id,
+            {"last_error": repo.storable(str(exc), 1000), "updated_at": now},
+        )
+        return WRITE_DENIED
     repo.save_group(
         session,
         group_id,
@@ -418,9 +566,56 @@ def apply_review(
             "written_at": now,
             "last_error": None,
             "updated_at": now,
+            **_NO_REFUSAL,
         },
     )
     return REVIEWED
+
+
+_NO_REFUSAL: dict[str, Any] = {"refused_breed": None, "refusal": None}
+
+
+def reviewed_label(breed: str) -> str | None:
+    """The model's label staff meant: exact, or differing only in letter case and surrounding
+    spaces (as status compares them); None when it is no label at all."""
+    wanted = breed.strip()
+    if not wanted:
+        return None
+    labels = _model_labels()
+    if wanted in labels:
+        return wanted
+    folded = [label for label in labels if label.lower() == wanted.lower()]
+    return folded[0] if len(folded) == 1 else None
+
+
+def _unknown_label_reason(breed: str) -> str:
+    if not breed.strip():
+        return (
+            "reviewed breed is empty: set reviewed_breed to one of the model's labels (e.g. "
+            "'beagle'), or back to NULL to leave the animal undecided"
+        )
+    import difflib
+
+    close = difflib.get_close_matches(breed.strip(), _model_labels(), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"reviewed breed {breed!r} is not one of the model's labels{hint}"
+
+
+def _refuse_review(session: Session, row: Mapping[str, Any], reason: str, now: datetime) -> str:
+    """Staff's reviewed breed cannot be written: keep it as they wrote it, and keep the animal
+    in the review queue (labeler_group_review_queue shows ``refusal``) until they change it."""
+    repo.save_group(
+        session,
+        str(row["group_id"]),
+        {
+            "status": NEEDS_REVIEW,
+            "refused_breed": row["reviewed_breed"],
+            "refusal": repo.storable(reason, 255),
+            "last_error": repo.storable(reason, 1000),
+            "updated_at": now,
+        },
+    )
+    return "refused"
 
 
 # --- `labeler check` --------------------------------------------------------------------------
@@ -515,7 +710,8 @@ def check_target(session: Session, source: Any, target: Target) -> str:
     key = repo.some_group_key(session, source)
     if key is None or longest is None:
         return f"breed map fits the target columns (no animal to try the write-back on){note}"
-    rows = repo.try_write_target(session, target, key, longest)
+    with repo.lock_timeout(session, target.lock_timeout_seconds):
+        rows = repo.try_write_target(session, target, key, longest)
     if rows == 0:
         raise CheckFailed(
             f"no {target.table.name} record has {target.key_column} = {key!r}, an animal id "
@@ -543,7 +739,12 @@ def group_verdicts(
     for row in repo.group_decided_rows(session):
         breed = str(row["breed"])
         agrees: bool | None = None
-        if row["reviewed_breed"]:
+        refused = row["reviewed_breed"] is not None and row["reviewed_breed"] == row.get(
+            "refused_breed"
+        )
+        if refused:
+            agrees = None  # a value labeler could not use says nothing about the answer
+        elif row["reviewed_breed"]:
             agrees = str(row["reviewed_breed"]).strip().lower() == breed.strip().lower()
         else:
             staff = parse_values(row["staff_values"])
