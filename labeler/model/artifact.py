@@ -69,6 +69,9 @@ class Artifact:
     decision: DecisionDefaults = DecisionDefaults()
     quality_note: str = ""
     tta: tuple[str, ...] = ("identity",)
+    # Per label, multiplied into the calibrated probabilities (labeler.decide.adapt): the
+    # shelter's breed frequencies; None for the model as trained.
+    class_weights: tuple[float, ...] | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -130,6 +133,7 @@ def load_artifact(path: str | Path) -> Artifact:
     reject = frozenset(raw_reject)
     if not reject <= set(labels):
         raise ArtifactError(f"{root}: reject_labels {sorted(reject - set(labels))} are not labels")
+    weights = _class_weights(root, output.get("class_weights"), len(labels))
     decision = _section(root, meta, "decision")
     tta = meta.get("tta", ["identity"])
     if (
@@ -160,6 +164,7 @@ def load_artifact(path: str | Path) -> Artifact:
         decision=defaults,
         quality_note=str(meta.get("quality_note", "")),
         tta=tuple(tta),
+        class_weights=weights,
         metadata=meta,
     )
 
@@ -287,6 +292,27 @@ def _optional_fraction(root: Path, decision: dict[str, Any], key: str) -> float 
     if not 0.0 <= value <= 1.0:
         raise ArtifactError(f"{root}: decision.{key} must be between 0 and 1, got {value}")
     return value
+
+
+def _class_weights(root: Path, raw: Any, count: int) -> tuple[float, ...] | None:
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, list)
+        or len(raw) != count
+        or not all(
+            not isinstance(w, bool)
+            and isinstance(w, (int, float))
+            and math.isfinite(w)
+            and 1e-6 <= w <= 1e6
+            for w in raw
+        )
+    ):
+        raise ArtifactError(
+            f"{root}: output.class_weights must be {count} numbers between 1e-6 and 1e6, one "
+            "per label"
+        )
+    return tuple(float(w) for w in raw)
 
 
 def _fraction_or(root: Path, decision: dict[str, Any], key: str, default: float) -> float:

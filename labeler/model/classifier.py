@@ -24,6 +24,14 @@ def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def apply_class_weights(probabilities: np.ndarray, weights: tuple[float, ...] | None) -> np.ndarray:
+    """Bayes' rule with a new prior: each class's probability times its weight, renormalised."""
+    if weights is None:
+        return probabilities
+    weighted = probabilities * np.asarray(weights, dtype=np.float64)
+    return weighted / weighted.sum(axis=-1, keepdims=True)
+
+
 def top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int = 3) -> list[Prediction]:
     """Rank each row of an (n, classes) probability matrix into its k best labels."""
     k = min(k, probabilities.shape[1])
@@ -119,7 +127,9 @@ class Classifier:
             raise ValueError("the model returned non-finite or malformed probabilities")
         if len(views) > 1:
             raw = raw.reshape(len(views), batch.shape[0], -1).mean(axis=0)
-        return calibrate(raw, self.artifact.temperature)
+        return apply_class_weights(
+            calibrate(raw, self.artifact.temperature), self.artifact.class_weights
+        )
 
     def predict(self, batch: np.ndarray, k: int = 3) -> list[Prediction]:
         """Top-k predictions for an already preprocessed batch."""

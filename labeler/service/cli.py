@@ -495,6 +495,12 @@ def _print_trust_status(report: dict[str, Any]) -> None:
             print("per animal: " + line.strip() if not line.startswith(" ") else line)
 
 
+def _cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
+    from labeler.service.adapting import cmd_adapt
+
+    return cmd_adapt(settings, args)
+
+
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     import getpass
 
@@ -650,6 +656,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--apply", action="store_true", help="store the threshold for the version")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser(
+        "adapt",
+        help="learn the shelter's breed frequencies from staff decisions; a new model version "
+        "only with --apply",
+    )
+    p.add_argument(
+        "--strength",
+        type=float,
+        default=20.0,
+        metavar="N",
+        help="pseudo-decisions spread over all breeds (smoothing towards uniform)",
+    )
+    p.add_argument("--apply", action="store_true", help="write the adapted model to --output")
+    p.add_argument("--output", type=Path, metavar="DIR", help="the new model's folder")
+    p.set_defaults(func=_cmd_adapt)
 
     p = sub.add_parser(
         "health", help="container health check: database reachable, schema at head; no model"

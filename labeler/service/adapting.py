@@ -1,0 +1,136 @@
+"""``labeler adapt``: the shelter's breed frequencies from staff decisions, as a new model
+version written beside the current one, only with ``--apply``.
+
+The evidence (decisions held out, the model as it is against the adapted one) is printed
+first; nothing changes without ``--apply``, and an adapted model is a new artifact directory
+with its own version, so ``relabel --not-current-model`` and ``calibrate`` treat it as the new
+model it is. The current artifact is never modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from labeler.config.settings import Settings
+from labeler.core.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+
+
+def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
+    from labeler.decide.adapt import AdaptRefused, Decided, adapt
+    from labeler.model.artifact import METADATA_FILE, ArtifactError, load_artifact
+    from labeler.service.app import thresholds_in_force
+    from labeler.store import repository as repo
+    from labeler.store.engine import make_engine, session_factory
+
+    artifact = load_artifact(settings.model_dir)
+    label_of_values = None
+    if settings.breed_map is not None:
+        from labeler.shelter.breedmap import load_breed_map
+
+        label_of_values = load_breed_map(settings.breed_map).label_for
+    engine = make_engine(settings)
+    with session_factory(engine)() as session:
+        in_force = thresholds_in_force(settings, session, artifact)
+        rows = repo.staff_decided_photos(session)
+    decided, earlier = [], []
+    for row in rows:
+        label = _staff_label(row, label_of_values)
+        candidates = tuple(
+            (str(row[b]), float(row[c]))
+            for b, c in (
+                ("breed", "confidence"),
+                ("breed_2", "confidence_2"),
+                ("breed_3", "confidence_3"),
+            )
+            if row[b] is not None and row[c] is not None
+        )
+        if label is None:
+            continue
+        if row["model_version"] == artifact.version:
+            decided.append(Decided(str(row["photo_id"]), candidates, label))
+        else:
+            earlier.append(label)
+    try:
+        result = adapt(
+            decided,
+            artifact.labels,
+            in_force.review_threshold,
+            artifact.reject_labels,
+            strength=args.strength,
+            current_weights=artifact.class_weights,
+            earlier=earlier,
+        )
+    except AdaptRefused as exc:
+        print(f"adapt: not adapting model {artifact.version}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"model {artifact.version}")
+    print(result.evidence())
+    if not args.apply:
+        print("not applied: run again with --apply --output DIR to write the adapted model")
+        return EXIT_OK
+    if args.output is None:
+        print("adapt: --apply needs --output DIR, the new model's folder", file=sys.stderr)
+        return EXIT_CONFIG
+    out = Path(args.output).resolve()
+    if out == artifact.path.resolve() or (out.exists() and any(out.iterdir())):
+        print(f"adapt: {out} must be a new or empty folder", file=sys.stderr)
+        return EXIT_CONFIG
+    weights_text = json.dumps([round(w, 6) for w in result.weights])
+    digest = hashlib.sha256(f"{artifact.version}:{weights_text}".encode()).hexdigest()[:10]
+    base_version = str(artifact.metadata.get("adapted", {}).get("from_version", artifact.version))
+    scratch = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(artifact.path, scratch)
+    meta = json.loads((scratch / METADATA_FILE).read_text())
+    meta["version"] = f"{base_version}-shelter-{digest}"
+    meta.setdefault("output", {})["class_weights"] = json.loads(weights_text)
+    meta["adapted"] = {
+        "from_version": base_version,
+        "decisions": sum(result.counts.values()),
+        "counts": result.counts,
+        "strength": args.strength,
+        "evidence": result.evidence(),
+    }
+    (scratch / METADATA_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
+    try:
+        load_artifact(scratch)
+    except ArtifactError as exc:  # never leave a model that would not start
+        shutil.rmtree(scratch, ignore_errors=True)
+        print(f"adapt: the adapted model does not load: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if out.exists():
+        out.rmdir()
+    os.replace(scratch, out)
+    print(f"wrote {out} (version {meta['version']})")
+    print(
+        f"to use it: set LABELER_MODEL_DIR={out}, then `labeler relabel --not-current-model` "
+        "re-labels what the previous version decided on its own, and `labeler calibrate` "
+        "learns its threshold once staff have reviewed some of its answers"
+    )
+    return EXIT_OK
+
+
+def _staff_label(row: dict[str, object], label_of_values: object) -> str | None:
+    """The model label staff chose: a reviewed breed on the photo or its animal, or the breed
+    they set in their own UI mapped back through the breed map."""
+    from labeler.store.writeback import reviewed_label
+
+    for key in ("reviewed_breed", "group_reviewed_breed"):
+        value = row.get(key)
+        if isinstance(value, str) and value.strip():
+            return reviewed_label(value)
+    staff = row.get("staff_values")
+    if isinstance(staff, str) and staff and callable(label_of_values):
+        try:
+            values = json.loads(staff)
+        except ValueError:
+            return None
+        label = label_of_values(values) if isinstance(values, dict) else None
+        return label if isinstance(label, str) else None
+    return None

@@ -1,0 +1,217 @@
+"""Adapting to a shelter's breeds: the pure rule on constructed numbers, and `labeler adapt`
+on every database (evidence first, a new model version only with --apply)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine
+
+from labeler.config.settings import Settings
+from labeler.decide.adapt import (
+    MIN_DECISIONS,
+    AdaptRefused,
+    Decided,
+    adapt,
+    class_weights,
+    held_out,
+    reweight,
+)
+from labeler.model.artifact import load_artifact
+from labeler.model.classifier import Classifier, apply_class_weights
+from labeler.service.cli import main
+from labeler.store import migrate
+from labeler.store.engine import make_engine
+from labeler.store.schema import NEEDS_REVIEW, photo
+from tests.helpers import create_photos, png_bytes
+
+LABELS = ["beagle", "pug", "whippet", "not_a_dog"]
+
+
+def test_weights_follow_the_counts_smoothed_towards_uniform() -> None:
+    weights = dict(zip(LABELS, class_weights({"beagle": 30}, LABELS, strength=30), strict=True))
+    # beagle: (30 + 10) / 60 * 3 = 2; the two breeds never decided: (0 + 10) / 60 * 3 = 0.5.
+    assert weights == pytest.approx({"beagle": 2.0, "pug": 0.5, "whippet": 0.5, "not_a_dog": 1})
+    assert class_weights({}, LABELS) == [1.0, 1.0, 1.0, 1.0]  # no evidence: the model as it is
+    with pytest.raises(ValueError, match="strength"):
+        class_weights({}, LABELS, strength=0)
+
+
+def test_reweight_is_bayes_rule_with_the_new_prior() -> None:
+    candidates = (("pug", 0.5), ("beagle", 0.4))  # 0.1 left for the other labels
+    got = reweight(candidates, {"pug": 0.5, "beagle": 2.0}, rest_weight=1.0)
+    total = 0.25 + 0.8 + 0.1
+    assert [label for label, _ in got] == ["beagle", "pug"]
+    assert [p for _, p in got] == pytest.approx([0.8 / total, 0.25 / total])
+    full = np.array([[0.5, 0.4, 0.1, 0.0]])
+    served = apply_class_weights(full, (0.5, 2.0, 1.0, 1.0))
+    assert served[0] == pytest.approx([0.25 / total, 0.8 / total, 0.1 / total, 0.0])
+
+
+def shelter(
+    n: int, *, beagle_share: float = 0.9, confidence: float = 0.75, seed: int = 0
+) -> list[Decided]:
+    """Staff decisions of a beagle-heavy shelter on a model that is calibrated for a world of
+    as many pugs as beagles: it always says ``confidence`` for its first guess (under the
+    0.9 threshold) and ``1 - confidence`` for the other, and is right that often there."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        truth = "beagle" if rng.random() < beagle_share else "pug"
+        other = "pug" if truth == "beagle" else "beagle"
+        first, second = (truth, other) if rng.random() < confidence else (other, truth)
+        rows.append(Decided(f"photo-{i}", ((first, confidence), (second, 1 - confidence)), truth))
+    return rows
+
+
+def test_adapt_learns_the_shelters_breeds_and_shows_the_gain() -> None:
+    result = adapt(shelter(400), LABELS, threshold=0.9, reject=frozenset({"not_a_dog"}))
+    weights = dict(zip(LABELS, result.weights, strict=True))
+    assert weights["beagle"] > 1 > weights["pug"] > weights["whippet"]
+    assert result.after.n == result.before.n > 0
+    assert result.after.top1_right > result.before.top1_right
+    assert result.before.auto == 0 < result.after.auto  # 0.6 was under the threshold
+    assert result.after.auto_right / result.after.auto >= 0.95
+    assert "held out for evaluation" in result.evidence()
+
+
+def test_adapt_refuses_with_too_little_evidence() -> None:
+    with pytest.raises(AdaptRefused, match=f"at least {MIN_DECISIONS}"):
+        adapt(shelter(MIN_DECISIONS - 1), LABELS, 0.7, frozenset())
+    # Decisions that name no label of the model are no evidence.
+    unknown = [Decided(f"x{i}", (("pug", 0.9),), "labradoodle") for i in range(100)]
+    with pytest.raises(AdaptRefused):
+        adapt(unknown, LABELS, 0.7, frozenset())
+
+
+def test_adapt_refuses_when_held_out_decisions_get_worse() -> None:
+    # The model is right 90% of the time and the shelter's counts mislead it: training
+    # decisions all say pug, the held-out ones are beagles the model already gets right.
+    rows = []
+    for i in range(400):
+        key = f"p{i}"
+        if held_out(key):
+            rows.append(Decided(key, (("beagle", 0.55), ("pug", 0.44)), "beagle"))
+        else:
+            rows.append(Decided(key, (("pug", 0.9), ("beagle", 0.05)), "pug"))
+    with pytest.raises(AdaptRefused, match="worse"):
+        adapt(rows, LABELS, 0.7, frozenset(), strength=1.0)
+
+
+def test_a_model_adapted_before_is_not_adapted_twice() -> None:
+    rows = shelter(400)
+    first = adapt(rows, LABELS, 0.9, frozenset())
+    # Predictions made with weights already applied: the weights learned replace them (the
+    # evaluation divides them out) instead of being multiplied into them.
+    again = adapt(rows, LABELS, 0.9, frozenset(), current_weights=first.weights)
+    assert again.weights == pytest.approx(first.weights)
+    assert again.after.top1_right <= first.after.top1_right
+
+
+# --- the command --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def configured(db_url: str, tiny_artifact: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    engine = make_engine(Settings(database_url=db_url))
+    create_photos(engine, "bytes", [{"id": 1, "photo": png_bytes((1, 2, 3))}])
+    migrate.upgrade(engine)
+    engine.dispose()
+    for key, value in {
+        "DATABASE_URL": db_url,
+        "SOURCE_TABLE": "animals",
+        "SOURCE_IMAGE_COLUMN": "photo",
+        "MODEL_DIR": str(tiny_artifact),
+        "REVIEW_THRESHOLD": "0.9",
+    }.items():
+        monkeypatch.setenv(f"LABELER_{key}", value)
+    return db_url
+
+
+def insert_decisions(url: str, version: str, decisions: list[Decided]) -> None:
+    now = datetime(2026, 12, 1)
+    rows = []
+    for d in decisions:
+        (b1, c1), (b2, c2) = d.candidates
+        rows.append(
+            {
+                "photo_id": d.key,
+                "status": NEEDS_REVIEW,
+                "breed": b1,
+                "confidence": c1,
+                "breed_2": b2,
+                "confidence_2": c2,
+                "model_version": version,
+                "review_reason": "unsure",
+                "reviewed_breed": d.staff_label,
+                "discovered_at": now,
+                "updated_at": now,
+            }
+        )
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(photo.insert(), rows)
+    engine.dispose()
+
+
+def test_adapt_prints_evidence_and_writes_a_new_version_only_with_apply(
+    configured: str, tiny_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artifact = load_artifact(tiny_artifact)
+    assert "beagle" in artifact.labels and "pug" in artifact.labels
+    insert_decisions(configured, artifact.version, shelter(300))
+    out = tmp_path / "adapted"
+
+    assert main(["adapt"]) == 0
+    printed = capsys.readouterr().out
+    assert "held out for evaluation" in printed and "not applied" in printed
+    assert not out.exists()
+
+    assert main(["adapt", "--apply", "--output", str(out)]) == 0
+    adapted = load_artifact(out)
+    assert adapted.version != artifact.version and adapted.version.startswith(artifact.version)
+    assert adapted.class_weights is not None
+    weights = dict(zip(adapted.labels, adapted.class_weights, strict=True))
+    # Relative to all 120 breeds both are common here; beagles four times as much.
+    assert weights["beagle"] > 3 * weights["pug"] > 3 * weights["whippet"]
+    assert json.loads((out / "metadata.json").read_text())["adapted"]["decisions"] == 300
+    # The original artifact is untouched, and the new one serves with its weights.
+    assert load_artifact(tiny_artifact).class_weights is None
+    image = np.full((16, 16, 3), 128, np.uint8)
+    base = Classifier.load(tiny_artifact).predict_probabilities(
+        np.stack([image]).astype(np.float32)
+    )
+    served = Classifier.load(out).predict_probabilities(np.stack([image]).astype(np.float32))
+    assert served[0] == pytest.approx(apply_class_weights(base, adapted.class_weights)[0])
+
+    # A second --apply into a folder that is not empty is refused.
+    assert main(["adapt", "--apply", "--output", str(out)]) == 2
+
+
+def test_adapt_refuses_with_too_few_decisions(
+    configured: str, tiny_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    insert_decisions(configured, load_artifact(tiny_artifact).version, shelter(5))
+    assert main(["adapt", "--apply", "--output", "/nonexistent/x"]) == 1
+    assert "at least 30" in capsys.readouterr().err
+
+
+def test_adapt_refuses_when_auto_labels_would_fall_under_the_promise() -> None:
+    # A weaker model: the shelter's prior lifts its beagles over the threshold at 0.9 x 0.55 /
+    # (0.9 x 0.55 + 0.1 x 0.45) = 92% precision, under what the product promises.
+    with pytest.raises(AdaptRefused, match="under 95%"):
+        adapt(shelter(1000, confidence=0.55), LABELS, 0.9, frozenset())
+
+
+def test_decisions_on_earlier_versions_count_for_the_frequencies_only() -> None:
+    rows = shelter(60)
+    with_earlier = adapt(rows, LABELS, 0.9, frozenset(), earlier=["whippet"] * 200)
+    assert with_earlier.counts["whippet"] == 200
+    assert with_earlier.before.n == adapt(rows, LABELS, 0.9, frozenset()).before.n
+    # Only earlier decisions: nothing of this version's to judge the result by.
+    with pytest.raises(AdaptRefused, match="this model version's own predictions"):
+        adapt([], LABELS, 0.9, frozenset(), earlier=["beagle"] * 100)
