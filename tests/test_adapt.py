@@ -215,3 +215,12 @@ def test_decisions_on_earlier_versions_count_for_the_frequencies_only() -> None:
     # Only earlier decisions: nothing of this version's to judge the result by.
     with pytest.raises(AdaptRefused, match="this model version's own predictions"):
         adapt([], LABELS, 0.9, frozenset(), earlier=["beagle"] * 100)
+
+
+def test_a_few_held_out_misses_are_not_proof_of_a_worse_model() -> None:
+    # 14 of 15 right (93%): the interval reaches far above 95%, and 15 is too few to judge.
+    from labeler.decide.adapt import Outcome, _below_promise
+
+    assert not _below_promise(Outcome(n=60, top1_right=50, auto=15, auto_right=14))
+    assert _below_promise(Outcome(n=300, top1_right=250, auto=100, auto_right=90))
+    assert _below_promise(Outcome(n=15, top1_right=5, auto=15, auto_right=5))  # clearly under

@@ -22,12 +22,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from labeler.core.domain import NOT_A_BREED
+from labeler.decide.thresholds import wilson_interval
 
 DEFAULT_STRENGTH = 20.0
 MIN_DECISIONS = 30
 # The precision the product promises for auto-labels: an adapted model must keep it on the
 # decisions held out, at the threshold in force, or it is not written.
 MIN_AUTO_PRECISION = 0.95
+# Fewer held-out auto-labels than this say too little to refuse on their estimate alone.
+MIN_JUDGED_AUTO = 20
 HELD_OUT_SHARE = 0.2
 
 
@@ -182,7 +185,7 @@ def adapt(
             "on the decisions held out, adapting makes the best guess worse "
             f"({after.top1_right} right against {before.top1_right}): not adapting"
         )
-    if after.auto and after.auto_right / after.auto < MIN_AUTO_PRECISION:
+    if _below_promise(after):
         raise AdaptRefused(
             f"on the decisions held out, the adapted model's auto-labels at the threshold in "
             f"force ({threshold:.2f}) would be {after.auto_right}/{after.auto} right, under "
@@ -191,6 +194,17 @@ def adapt(
         )
     counts = dict(Counter(d.staff_label for d in usable) + Counter(before_now))
     return Adaptation(class_weights(counts, labels, strength), counts, before, after)
+
+
+def _below_promise(result: Outcome) -> bool:
+    """The held-out auto-labels show a precision under the promise: clearly (the whole 95%
+    interval under it), or on enough of them for the estimate itself to count."""
+    if not result.auto:
+        return False
+    interval = wilson_interval(result.auto_right, result.auto)
+    clearly = interval is not None and interval.high < MIN_AUTO_PRECISION
+    estimate = result.auto_right / result.auto
+    return clearly or (result.auto >= MIN_JUDGED_AUTO and estimate < MIN_AUTO_PRECISION)
 
 
 def _reweighted(
