@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from labeler.config.settings import Settings
 from labeler.model.artifact import ArtifactError, load_artifact
-from labeler.model.classifier import Classifier, load_keras_model
+from labeler.model.classifier import Classifier
 from labeler.model.preprocessing import PreprocessingConfig
 from labeler.model.runtime import (
     CACHE_META_FILE,
@@ -25,6 +25,7 @@ from labeler.model.runtime import (
     cache_key,
     check_images,
     export_onnx,
+    load_keras_model,
     open_runtime,
 )
 from labeler.photos.decoding import decode_image

@@ -11,7 +11,14 @@ import numpy as np
 from labeler.core.domain import Prediction
 from labeler.model.artifact import Artifact, ArtifactError, load_artifact
 from labeler.model.preprocessing import preprocess_batch, tta_views
-from labeler.model.runtime import KERAS, KerasRuntime, Runtime, RuntimeChoice, open_runtime
+from labeler.model.runtime import (
+    KERAS,
+    KerasRuntime,
+    Runtime,
+    RuntimeChoice,
+    load_keras_model,
+    open_runtime,
+)
 
 
 def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:
@@ -138,39 +145,3 @@ class Classifier:
     def classify_images(self, images: list[np.ndarray], k: int = 3) -> list[Prediction]:
         """Preprocess HxWx3 uint8 images with the artifact's chain and classify them."""
         return self.predict(preprocess_batch(images, self.artifact.preprocessing), k)
-
-
-def load_keras_model(artifact: Artifact, threads: int = 0) -> Any:
-    """The artifact's Keras model. Imports TensorFlow, which only this path needs."""
-    if artifact.model_path.suffix == ".onnx":
-        raise ArtifactError(
-            f"{artifact.path}: this model exists only as ONNX ({artifact.model_path.name}), "
-            "it has no Keras model"
-        )
-    try:
-        import keras
-    except ImportError as exc:  # a serving install without TensorFlow
-        raise ArtifactError(
-            f"{artifact.path}: TensorFlow/Keras is not installed, and the model has no ONNX "
-            "version usable here (shipped in the artifact or in LABELER_RUNTIME_CACHE_DIR): "
-            "pip install 'labeler[keras]', or ship model.onnx in the artifact where TensorFlow "
-            "is installed (python -m training export-onnx DIR)"
-        ) from exc
-    if threads > 0:
-        import tensorflow as tf
-
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # TensorFlow already ran something in this process: keep its pools
-            pass
-
-    import labeler.model.keras_layers  # noqa: F401  registers the layers saved models refer to
-
-    try:
-        return keras.models.load_model(artifact.model_path, compile=False)
-    except Exception as exc:  # Keras raises many kinds for a corrupt or foreign file
-        raise ArtifactError(
-            f"{artifact.model_path} cannot be loaded as a Keras model: "
-            f"{type(exc).__name__}: {str(exc)[:300]}"
-        ) from exc

@@ -36,7 +36,13 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from labeler.model.artifact import ONNX_MODEL_FILE, Artifact, ArtifactError
+from labeler.model.artifact import (
+    METADATA_FILE,
+    ONNX_MODEL_FILE,
+    Artifact,
+    ArtifactError,
+    load_artifact,
+)
 from labeler.model.preprocessing import PreprocessingConfig, finish_batch
 
 log = logging.getLogger("labeler.model.runtime")
@@ -303,9 +309,6 @@ def ship_onnx(directory: str | Path, tolerance: float = DEFAULT_TOLERANCE) -> di
     conversion at its first start nor TensorFlow. Needs TensorFlow, tf2onnx and onnxruntime.
 
     Raises (and leaves the artifact as it was) when the export does not reproduce Keras."""
-    from labeler.model.artifact import METADATA_FILE, load_artifact
-    from labeler.model.classifier import load_keras_model
-
     artifact = load_artifact(directory)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=artifact.path) as tmp:
         section = export_onnx(
@@ -530,3 +533,42 @@ def _checked(runtime: OnnxRuntime, companion: OnnxCompanion, artifact: Artifact)
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+
+
+# --- the Keras model itself ---------------------------------------------------------------
+
+
+def load_keras_model(artifact: Artifact, threads: int = 0) -> Any:
+    """The artifact's Keras model. Imports TensorFlow, which only this path needs."""
+    if artifact.model_path.suffix == ".onnx":
+        raise ArtifactError(
+            f"{artifact.path}: this model exists only as ONNX ({artifact.model_path.name}), "
+            "it has no Keras model"
+        )
+    try:
+        import keras
+    except ImportError as exc:  # a serving install without TensorFlow
+        raise ArtifactError(
+            f"{artifact.path}: TensorFlow/Keras is not installed, and the model has no ONNX "
+            "version usable here (shipped in the artifact or in LABELER_RUNTIME_CACHE_DIR): "
+            "pip install 'labeler[keras]', or ship model.onnx in the artifact where TensorFlow "
+            "is installed (python -m training export-onnx DIR)"
+        ) from exc
+    if threads > 0:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:  # TensorFlow already ran something in this process: keep its pools
+            pass
+
+    import labeler.model.keras_layers  # noqa: F401  registers the layers saved models refer to
+
+    try:
+        return keras.models.load_model(artifact.model_path, compile=False)
+    except Exception as exc:  # Keras raises many kinds for a corrupt or foreign file
+        raise ArtifactError(
+            f"{artifact.model_path} cannot be loaded as a Keras model: "
+            f"{type(exc).__name__}: {str(exc)[:300]}"
+        ) from exc
