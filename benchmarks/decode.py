@@ -1,4 +1,4 @@
-"""Reduced-scale JPEG decoding (issue 9): time per photo, and whether labels stay the same.
+"""Reduced-scale JPEG decoding: time per photo, and whether labels stay the same.
 
     .venv/bin/python benchmarks/decode.py [--phones 60] [--timed 40] [--model DIR ...] [--no-probe]
 

@@ -1,5 +1,5 @@
-"""LABELER_MAX_IMAGE_BYTES is checked by the database before an image value is read
-(issue 10): a row over the limit fails with its size, its value never reaches labeler's
+"""LABELER_MAX_IMAGE_BYTES is checked by the database before an image value is read: a row
+over the limit fails with its size, its value never reaches labeler's
 memory, and the rest of the batch is labelled - on every server."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from labeler.config.settings import ConfigError, load_settings
         ("LABELER_IMAGE_KIND", "pdf", "auto"),
         ("LABELER_DATABASE_URL", "not a url", "not a valid SQLAlchemy URL"),
         ("LABELER_URL_ALLOWED_HOSTS", "photos.example.org,bad host!", "not a host name"),
-        # issue 10: accepted, then misbehaving
+        # accepted before, then misbehaving
         ("LABELER_SCHEDULE_TIMEZONE", "Mars/Olympus_Mons", "not a known time zone"),
         ("LABELER_SCHEDULE_TIMEZONE", "UTC\n", "not a known time zone"),
         ("LABELER_SCHEDULE_TIMEZONE", "../../etc/passwd", "not a known time zone"),

@@ -200,7 +200,7 @@ def test_staff_decisions_flow_both_ways(asm3: tuple[Asm3Shelter, Service, Path])
     staff_choice = (188, "Shih Tzu") if seeded.dogs[labelled[0]] != "Shih-Tzu" else (19, "Beagle")
     _set_breed(shelter, labelled[0], *staff_choice)
 
-    # Staff close an animal on labeler's side without naming a breed (issue 10).
+    # Staff close an animal on labeler's side without naming a breed.
     closed = labelled[3]
     with service.engine.begin() as conn:
         conn.execute(update(group).where(group.c.group_id == str(closed)).values(status=REVIEWED))

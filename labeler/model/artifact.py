@@ -16,29 +16,29 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from labeler.model.metadata import (
+    FORMAT,
+    FORMAT_VERSION,
+    LABELS_FILE,
+    MODEL_FILE,
+    Kind,
+    View,
+    parse_metadata,
+)
 from labeler.model.preprocessing import PreprocessingConfig, Whitening
 
-FORMAT = "labeler-artifact"
-FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
-LABELS_FILE = "labels.json"
-MODEL_FILE = "model.keras"
 ONNX_MODEL_FILE = "model.onnx"
 WHITENING_FILE = "whitening.npz"
-KINDS = ("baseline_cnn", "transfer", "zero_shot", "untrained", "test")
-# Test-time augmentation views the classifier knows how to build
-# (labeler.model.preprocessing.tta_views).
-TTA_VIEWS = ("identity", "flip")
-# Sane ranges for the numbers in metadata.json. A temperature outside them is a corrupt or
-# hostile file, not a calibration: T=1e-300 turns every confidence into 1.0 (or NaN).
-TEMPERATURE_RANGE = (0.05, 20.0)
+KINDS: tuple[str, ...] = typing.get_args(Kind)
+TTA_VIEWS: tuple[str, ...] = typing.get_args(View)
 
 
 class ArtifactError(Exception):
@@ -90,21 +90,20 @@ def load_artifact(path: str | Path) -> Artifact:
     root = Path(path)
     if not root.is_dir():
         raise ArtifactError(f"model artifact directory {root} does not exist")
-    meta = _read_json(root / METADATA_FILE)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raw = _read_json(root / METADATA_FILE)
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ArtifactError(f"{root / METADATA_FILE} is not a {FORMAT} metadata file")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if raw.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
-            f"{root}: artifact format version {meta.get('format_version')!r} is not supported "
+            f"{root}: artifact format version {raw.get('format_version')!r} is not supported "
             f"(this labeler reads version {FORMAT_VERSION})"
         )
-    for key in ("name", "version", "kind", "preprocessing"):
-        if key not in meta:
-            raise ArtifactError(f"{root / METADATA_FILE}: missing field {key!r}")
-    if meta["kind"] not in KINDS:
-        raise ArtifactError(f"{root}: unknown artifact kind {meta['kind']!r}")
+    try:
+        meta = parse_metadata(raw)
+    except ValueError as exc:
+        raise ArtifactError(f"{root / METADATA_FILE}: {exc}") from exc
 
-    labels = _read_json(root / str(meta.get("labels_file", LABELS_FILE)))
+    labels = _read_json(root / meta.labels_file)
     if (
         not isinstance(labels, list)
         or not labels
@@ -114,58 +113,39 @@ def load_artifact(path: str | Path) -> Artifact:
     if len(set(labels)) != len(labels):
         raise ArtifactError(f"{root}: labels file has duplicate names")
 
-    model_file = root / str(meta.get("model_file", MODEL_FILE))
+    model_file = root / meta.model_file
     if not model_file.is_file():
         raise ArtifactError(f"{root}: model file {model_file.name} is missing")
 
-    preprocessing = _parse_preprocessing(root, meta["preprocessing"])
-    calibration = _section(root, meta, "calibration")
-    low, high = TEMPERATURE_RANGE
-    temperature = _number(root, calibration, "temperature", 1.0, "calibration")
-    if not low <= temperature <= high:
-        raise ArtifactError(
-            f"{root}: calibration temperature must be between {low} and {high}, got {temperature}"
-        )
-    output = _section(root, meta, "output")
-    raw_reject = output.get("reject_labels", [])
-    if not isinstance(raw_reject, list) or not all(isinstance(x, str) for x in raw_reject):
-        raise ArtifactError(f"{root}: output.reject_labels must be a list of label names")
-    reject = frozenset(raw_reject)
+    preprocessing = _parse_preprocessing(root, meta.preprocessing)
+    reject = frozenset(meta.output.reject_labels)
     if not reject <= set(labels):
         raise ArtifactError(f"{root}: reject_labels {sorted(reject - set(labels))} are not labels")
-    weights = _class_weights(root, output.get("class_weights"), len(labels))
-    decision = _section(root, meta, "decision")
-    tta = meta.get("tta", ["identity"])
-    if (
-        not isinstance(tta, list)
-        or not tta
-        or not all(isinstance(v, str) and v in TTA_VIEWS for v in tta)
-        or len(set(tta)) != len(tta)
-    ):
+    weights = meta.output.class_weights
+    if weights is not None and len(weights) != len(labels):
         raise ArtifactError(
-            f"{root}: tta must be a non-empty list of distinct views from {TTA_VIEWS}, got {tta!r}"
+            f"{root}: output.class_weights has {len(weights)} weights for {len(labels)} labels"
         )
-    if "flip" in tta and len(preprocessing.output_shape()) != 3:
+    if "flip" in meta.tta and len(preprocessing.output_shape()) != 3:
         raise ArtifactError(f"{root}: the flip view needs image input, not a feature vector")
-    defaults = DecisionDefaults(
-        review_threshold=_optional_fraction(root, decision, "review_threshold"),
-        review_margin=_optional_fraction(root, decision, "review_margin"),
-        animal_evidence=_fraction_or(root, decision, "animal_evidence", 1.0),
-    )
     return Artifact(
         path=root,
-        name=str(meta["name"]),
-        version=str(meta["version"]),
-        kind=str(meta["kind"]),
+        name=meta.name,
+        version=meta.version,
+        kind=meta.kind,
         labels=tuple(labels),
         preprocessing=preprocessing,
-        temperature=temperature,
+        temperature=meta.calibration.temperature,
         reject_labels=reject,
-        decision=defaults,
-        quality_note=str(meta.get("quality_note", "")),
-        tta=tuple(tta),
-        class_weights=weights,
-        metadata=meta,
+        decision=DecisionDefaults(
+            review_threshold=meta.decision.review_threshold,
+            review_margin=meta.decision.review_margin,
+            animal_evidence=meta.decision.animal_evidence,
+        ),
+        quality_note=meta.quality_note,
+        tta=tuple(meta.tta),
+        class_weights=None if weights is None else tuple(weights),
+        metadata=raw,
     )
 
 
@@ -263,61 +243,6 @@ def _parse_preprocessing(root: Path, raw: Any) -> PreprocessingConfig:
         )
     whitening = Whitening(method, mean, matrix, float(spec.get("epsilon", 0.0)))
     return replace(config, whitening=whitening)
-
-
-def _section(root: Path, meta: dict[str, Any], key: str) -> dict[str, Any]:
-    value = meta.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ArtifactError(f"{root}: {key} must be an object")
-    return value
-
-
-def _number(root: Path, section: dict[str, Any], key: str, default: float, where: str) -> float:
-    """A finite number from metadata; booleans and strings are refused, not coerced."""
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ArtifactError(f"{root}: {where}.{key} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ArtifactError(f"{root}: {where}.{key} must be finite, got {number}")
-    return number
-
-
-def _optional_fraction(root: Path, decision: dict[str, Any], key: str) -> float | None:
-    if decision.get(key) is None:
-        return None
-    value = _number(root, decision, key, 0.0, "decision")
-    if not 0.0 <= value <= 1.0:
-        raise ArtifactError(f"{root}: decision.{key} must be between 0 and 1, got {value}")
-    return value
-
-
-def _class_weights(root: Path, raw: Any, count: int) -> tuple[float, ...] | None:
-    if raw is None:
-        return None
-    if (
-        not isinstance(raw, list)
-        or len(raw) != count
-        or not all(
-            not isinstance(w, bool)
-            and isinstance(w, (int, float))
-            and math.isfinite(w)
-            and 1e-6 <= w <= 1e6
-            for w in raw
-        )
-    ):
-        raise ArtifactError(
-            f"{root}: output.class_weights must be {count} numbers between 1e-6 and 1e6, one "
-            "per label"
-        )
-    return tuple(float(w) for w in raw)
-
-
-def _fraction_or(root: Path, decision: dict[str, Any], key: str, default: float) -> float:
-    value = _optional_fraction(root, decision, key)
-    return default if value is None else value
 
 
 def _read_json(path: Path) -> Any:

@@ -1,0 +1,95 @@
+"""The shape of an artifact's ``metadata.json``, declared once and checked by pydantic.
+
+Only the sections serving reads are declared; every other key (metrics, provenance, training
+options) is kept as it is. Strict: a number must be a JSON number (not ``"1.0"``, not
+``true``), finite, and inside the range that makes it a calibration rather than a corrupt or
+hostile file (a temperature of 1e-300 would turn every confidence into 1.0).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+FORMAT = "labeler-artifact"
+FORMAT_VERSION = 1
+MODEL_FILE = "model.keras"
+LABELS_FILE = "labels.json"
+Kind = Literal["baseline_cnn", "transfer", "zero_shot", "untrained", "test"]
+# Test-time augmentation views the classifier knows how to build
+# (labeler.model.preprocessing.tta_views).
+View = Literal["identity", "flip"]
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+Temperature = Annotated[
+    float, Field(ge=TEMPERATURE_RANGE[0], le=TEMPERATURE_RANGE[1], allow_inf_nan=False)
+]
+Weight = Annotated[float, Field(ge=1e-6, le=1e6, allow_inf_nan=False)]
+
+
+def _distinct_views(views: list[View]) -> list[View]:
+    if len(set(views)) != len(views):
+        raise ValueError("views must be distinct")
+    return views
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(strict=True, extra="allow", frozen=True)
+
+
+class Calibration(_Section):
+    temperature: Temperature = 1.0
+
+
+class Output(_Section):
+    reject_labels: list[str] = []
+    # One per label, multiplied into the calibrated probabilities (labeler.decide.adapt).
+    class_weights: list[Weight] | None = None
+
+
+class Decision(_Section):
+    review_threshold: Fraction | None = None
+    review_margin: Fraction | None = None
+    # labeler.decide.grouping.combine: 1 (the geometric mean) for models trained before the
+    # animal rule was fitted, which is what they were served with.
+    animal_evidence: Fraction = 1.0
+
+
+class Metadata(_Section):
+    format: Literal["labeler-artifact"]
+    format_version: int
+    name: str
+    version: str
+    kind: Kind
+    model_file: str = MODEL_FILE
+    labels_file: str = LABELS_FILE
+    preprocessing: dict[str, Any]
+    # JSON null means "not given", as for a missing key.
+    calibration: Calibration = Field(default_factory=Calibration)
+    output: Output = Field(default_factory=Output)
+    decision: Decision = Field(default_factory=Decision)
+    quality_note: str = ""
+    tta: Annotated[list[View], Field(min_length=1), AfterValidator(_distinct_views)] = ["identity"]
+
+
+def parse_metadata(raw: dict[str, Any]) -> Metadata:
+    """``Metadata`` from the parsed JSON; raises ``ValueError`` naming each bad field."""
+    cleaned = {k: v for k, v in raw.items() if not (v is None and k in _NULLABLE_SECTIONS)}
+    try:
+        return Metadata.model_validate(cleaned)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'metadata'}: {error['msg']}"
+            + (f" (got {error['input']!r})" if _short(error.get("input")) else "")
+            for error in exc.errors()
+        )
+        raise ValueError(problems) from None
+
+
+_NULLABLE_SECTIONS = frozenset({"calibration", "output", "decision"})
+
+
+def _short(value: object) -> bool:
+    return isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 40
