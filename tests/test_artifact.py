@@ -51,27 +51,54 @@ def test_round_trip(tiny_artifact: Path) -> None:
         (lambda p: (p / "labels.json").write_text("[]"), "non-empty list"),
         (lambda p: edit_metadata(p, calibration={"temperature": 0}), "temperature"),
         # Absurd values: each would auto-label everything at 1.0 or yield NaN.
-        (lambda p: edit_metadata(p, calibration={"temperature": 1e-300}), "temperature: .* greater than or equal to 0.05"),
-        (lambda p: edit_metadata(p, calibration={"temperature": 1e300}), "temperature: .* less than or equal to 20"),
+        (
+            lambda p: edit_metadata(p, calibration={"temperature": 1e-300}),
+            "temperature: .* greater than or equal to 0.05",
+        ),
+        (
+            lambda p: edit_metadata(p, calibration={"temperature": 1e300}),
+            "temperature: .* less than or equal to 20",
+        ),
         (lambda p: edit_metadata(p, calibration={"temperature": float("nan")}), "finite"),
         (lambda p: edit_metadata(p, calibration={"temperature": float("inf")}), "finite"),
-        (lambda p: edit_metadata(p, calibration={"temperature": "1.0"}), "temperature: .*valid number"),
-        (lambda p: edit_metadata(p, calibration={"temperature": True}), "temperature: .*valid number"),
+        (
+            lambda p: edit_metadata(p, calibration={"temperature": "1.0"}),
+            "temperature: .*valid number",
+        ),
+        (
+            lambda p: edit_metadata(p, calibration={"temperature": True}),
+            "temperature: .*valid number",
+        ),
         (lambda p: edit_metadata(p, calibration=[1.0]), "calibration: .*valid dictionary"),
         (lambda p: edit_metadata(p, decision={"review_threshold": float("nan")}), "finite"),
-        (lambda p: edit_metadata(p, decision={"review_threshold": -0.1}), "review_threshold: .*greater than or equal to 0"),
+        (
+            lambda p: edit_metadata(p, decision={"review_threshold": -0.1}),
+            "review_threshold: .*greater than or equal to 0",
+        ),
         (lambda p: edit_metadata(p, decision={"review_margin": float("-inf")}), "finite"),
-        (lambda p: edit_metadata(p, decision={"review_margin": "high"}), "review_margin: .*valid number"),
+        (
+            lambda p: edit_metadata(p, decision={"review_margin": "high"}),
+            "review_margin: .*valid number",
+        ),
         (lambda p: edit_metadata(p, decision="strict"), "decision: .*valid dictionary"),
-        (lambda p: edit_metadata(p, output={"reject_labels": "dingo"}), "reject_labels: .*valid list"),
-        (lambda p: edit_metadata(p, tta=["identity", "rotate"]), "tta.1: Input should be 'identity' or 'flip'"),
+        (
+            lambda p: edit_metadata(p, output={"reject_labels": "dingo"}),
+            "reject_labels: .*valid list",
+        ),
+        (
+            lambda p: edit_metadata(p, tta=["identity", "rotate"]),
+            "tta.1: Input should be 'identity' or 'flip'",
+        ),
         (lambda p: edit_metadata(p, tta=[]), "tta: List should have at least 1 item"),
         (lambda p: edit_metadata(p, tta="flip"), "tta: .*valid list"),
         (lambda p: edit_metadata(p, tta=["flip", "flip"]), "tta: .*distinct"),
         (lambda p: edit_metadata(p, decision={"animal_evidence": 1.5}), "animal_evidence"),
         (lambda p: edit_metadata(p, output={"class_weights": [1.0]}), "class_weights has 1"),
         (lambda p: edit_metadata(p, output={"class_weights": [0.0] * 120}), "class_weights.0"),
-        (lambda p: edit_metadata(p, decision={"review_threshold": 3}), "review_threshold: .*less than or equal to 1"),
+        (
+            lambda p: edit_metadata(p, decision={"review_threshold": 3}),
+            "review_threshold: .*less than or equal to 1",
+        ),
         (lambda p: edit_metadata(p, output={"reject_labels": ["cat"]}), "not labels"),
         (lambda p: edit_metadata(p, preprocessing={"image_size": [2, 2]}), "out of range"),
         (
