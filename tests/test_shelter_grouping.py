@@ -9,6 +9,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from labeler.config.settings import Settings, load_settings
+from labeler.core.textsafe import id_list
 from labeler.decide.decision import Thresholds
 from labeler.decide.grouping import combine, decide_group, disagreements, parse_scores, scores_json
 from labeler.model.classifier import Prediction
@@ -67,6 +68,17 @@ def test_storable_text() -> None:
     assert storable("bad\x00reason\x1b[31m", 100) == "bad reason [31m"
     assert storable("x" * 50, 10) == "x" * 10
     assert storable("line\nnext\ttab", 100) == "line\nnext\ttab"
+
+
+def test_an_animals_photo_list_is_never_cut_inside_an_id() -> None:
+    ids = [f"media-{i:05d}" for i in range(300)]  # 300 ids of 11 characters: 3,599 in all
+    listed = id_list(ids, 1000)
+    assert len(listed) <= 1000
+    head, _, more = listed.rpartition(",... (+")
+    assert all(part in ids for part in head.split(","))
+    assert more == f"{300 - len(head.split(','))} more)"
+    assert id_list(ids[:3], 1000) == "media-00000,media-00001,media-00002"
+    assert id_list(["x" * 50], 20) == "... (+1 more)"
 
 
 def test_undecided_setting_is_parsed_and_checked() -> None:

@@ -9,6 +9,7 @@ valid UTF-8 anywhere. Every reason labeler stores goes through :func:`storable_t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 # C0 and C1 control characters, DEL, and the Unicode line/paragraph separators: they either
 # break storage (NUL) or make a one-line reason render as several lines in staff tools.
@@ -39,3 +40,20 @@ def storable_text(text: object, limit: int = 1000) -> str:
     if len(text) > limit:
         text = text[: limit - len(_ELLIPSIS)].rstrip() + _ELLIPSIS
     return text
+
+
+def id_list(ids: Sequence[str], limit: int) -> str:
+    """Comma-separated ids within ``limit`` characters, never cut inside an id: when they do
+    not all fit, as many as fit and ``,... (+N more)``."""
+
+    def text(kept: Sequence[str]) -> str:
+        rest = len(ids) - len(kept)
+        more = f"... (+{rest} more)" if rest else ""
+        return ",".join([*kept, more] if kept and more else [*kept] or [more])
+
+    kept: list[str] = []
+    for value in ids:
+        if len(text([*kept, value])) > limit:
+            break
+        kept.append(value)
+    return text(kept)[:limit]

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from labeler.config.settings import Settings, setting_default
 from labeler.core.domain import NOT_A_BREED, Prediction
+from labeler.core.textsafe import id_list
 from labeler.decide.audit import is_audit
 from labeler.decide.decision import Thresholds
 from labeler.decide.grouping import decide_group, parse_scores
@@ -385,7 +386,7 @@ def settle_group(
         **_top3(decision.prediction),
         "status": decision.status,
         "photos_used": len(scored),
-        "photo_ids": repo.storable(",".join(decision.photo_ids), 1000),
+        "photo_ids": repo.storable(id_list(decision.photo_ids, 1000), 1000),
         "model_version": repo.storable(model_version, 128),
         "review_reason": repo.storable(decision.reason, 255),
         "audit": int(decision.audit),
