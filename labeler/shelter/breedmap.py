@@ -23,6 +23,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from labeler.core.identifiers import is_identifier
+from labeler.shelter.tables import breed_table_rows
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -251,8 +252,6 @@ def breed_table_problems(session: Session, settings: Settings, breed_map: BreedM
     """
     if not settings.breed_table or not settings.breed_table_columns:
         return []
-    from labeler.shelter.tables import breed_table_rows
-
     table_columns = list(settings.breed_table_columns.values())
     rows = breed_table_rows(session, settings.breed_table, table_columns)
     return check_against_breed_table(breed_map, rows, settings.breed_table_columns)
