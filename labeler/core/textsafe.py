@@ -57,3 +57,15 @@ def id_list(ids: Sequence[str], limit: int) -> str:
             break
         kept.append(value)
     return text(kept)[:limit]
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an error (of the driver's own error for a wrapped DBAPI error), at
+    most ``limit`` characters; the error's type name when it has no message.
+
+    Driver messages can be long and multi-line; the first line carries the reason. Whoever
+    prints it still passes it through the redacting filter: a driver may echo connection
+    details."""
+    source = getattr(exc, "orig", None) or exc
+    lines = str(source).strip().splitlines()
+    return (lines[0] if lines else type(source).__name__)[:limit]

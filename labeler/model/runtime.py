@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from labeler.core.textsafe import error_line
 from labeler.model.artifact import (
     METADATA_FILE,
     ONNX_MODEL_FILE,
@@ -531,8 +532,9 @@ def _checked(runtime: OnnxRuntime, companion: OnnxCompanion, artifact: Artifact)
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200] if text else ''}".rstrip(": ")
+    message = error_line(exc, 200)
+    name = type(exc).__name__
+    return name if message == name else f"{name}: {message}"
 
 
 # --- the Keras model itself ---------------------------------------------------------------

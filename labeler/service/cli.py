@@ -18,6 +18,7 @@ from labeler.config.logging_setup import setup_logging
 from labeler.config.redact import redact, secrets_of
 from labeler.config.settings import ConfigError, Settings, load_settings
 from labeler.core.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from labeler.core.textsafe import error_line
 from labeler.model.artifact import ArtifactError
 from labeler.shelter.source import SourceError
 
@@ -169,8 +170,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
             print(redact(f"ok    {name}: {detail}", secrets))
         except Exception as exc:
             ok = False
-            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-            text = f"FAIL  {name}: {reason[0] if reason else type(exc).__name__}"
+            text = f"FAIL  {name}: {error_line(exc)}"
             print(redact(text, secrets))
 
     engine = make_engine(settings)
@@ -730,8 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sqlalchemy.exc import DBAPIError
 
         if isinstance(exc, DBAPIError):
-            reason = str(exc.orig).strip().splitlines()
-            message = f"database error: {reason[0] if reason else type(exc.orig).__name__}"
+            message = f"database error: {error_line(exc)}"
         else:
             message = f"{type(exc).__name__}: {exc}"
         print(f"labeler: {redact(message, secrets)}", file=sys.stderr)

@@ -49,8 +49,9 @@ def model_labels() -> list[str]:
     ]
 
 
-def _as_text(value: object) -> str:
-    """A target value as the map writes it: ints without '.0', text stripped."""
+def value_text(value: object) -> str:
+    """A target value as the map writes it: ints without '.0', booleans as 0/1, text stripped.
+    The one textual form values are compared in, whatever type the database returns."""
     if isinstance(value, bool):
         return str(int(value))
     if isinstance(value, float) and value.is_integer():
@@ -77,7 +78,7 @@ class BreedMap:
         key = _value_of(values, self.columns[0])
         if key is None:
             return ()
-        wanted = _as_text(key)
+        wanted = value_text(key)
         return tuple(label for label, row in self.entries.items() if row[0] == wanted)
 
     def label_for(self, values: Mapping[str, object]) -> str | None:
@@ -220,7 +221,7 @@ def check_against_breed_table(
         map_positions.append(matches[0])
     table: dict[str, tuple[str, ...]] = {}
     for row in rows:
-        values = tuple("" if v is None else _as_text(v) for v in row)
+        values = tuple("" if v is None else value_text(v) for v in row)
         table.setdefault(values[0], values)
 
     problems = []

@@ -17,6 +17,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from labeler.config.settings import Settings, setting_default
+from labeler.core.textsafe import error_line
 
 log = logging.getLogger("labeler.store.engine")
 T = TypeVar("T")
@@ -196,12 +197,8 @@ def source_error_kind(exc: BaseException) -> str | None:
 
 
 def short_error(exc: BaseException) -> str:
-    """The first line of a (DBAPI) error, at most 300 characters.
-
-    DBAPI messages can be long and multi-line; the first line carries the reason. Callers that
-    print it still pass it through the redacting filter: a driver may echo connection details."""
-    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:300]
+    """The first line of a (DBAPI) error, at most 300 characters (``textsafe.error_line``)."""
+    return error_line(exc, 300)
 
 
 @dataclass(frozen=True)

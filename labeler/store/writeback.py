@@ -21,6 +21,7 @@ from labeler.decide.audit import is_audit
 from labeler.decide.decision import Thresholds
 from labeler.decide.grouping import decide_group, parse_scores
 from labeler.decide.thresholds import GroupVerdict
+from labeler.shelter.breedmap import value_text
 from labeler.shelter.source import SourceError, reflect_table
 from labeler.store import repository as repo
 from labeler.store.engine import short_error, source_error_kind
@@ -94,12 +95,8 @@ def _convert(column: Column[Any], value: str) -> Any:
 
 
 def as_text(value: object) -> str | None:
-    """A target value as the breed map writes it, for comparisons in Python."""
-    if value is None:
-        return None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    """A target value as the breed map writes it, for comparisons in Python; None stays."""
+    return None if value is None else value_text(value)
 
 
 def values_json(values: Mapping[str, str] | None) -> str | None:
