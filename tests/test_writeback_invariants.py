@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from labeler.service import cli
+from labeler.service import checks
 from labeler.service.app import Service
 from labeler.store.schema import FAILED, LABELLED
 from tests.test_shelter_errors import _build, _rows
@@ -61,11 +61,11 @@ def test_check_refuses_a_key_that_is_not_unique(
         update={"target_table": "pets_dup", "breed_map": _fitting_map(tmp_path)}
     )
     with pytest.raises(Exception, match="LABELER_TARGET_KEY_COLUMN must name a unique key"):
-        cli._check_writeback(settings, built.service.engine)
+        checks.write_back(checks.CheckContext(settings, built.service.engine))
     assert all(r[1] == 442 for r in _dup_rows(built.service))
     # The same settings on the real table (unique ids) pass.
     fine = built.service.settings.model_copy(update={"breed_map": _fitting_map(tmp_path)})
-    assert "works" in cli._check_writeback(fine, built.service.engine)
+    assert "works" in checks.write_back(checks.CheckContext(fine, built.service.engine))
     built.service.engine.dispose()
 
 
@@ -77,7 +77,7 @@ def test_check_refuses_undecided_values_no_record_holds(
         update={"target_undecided": {"breed_id": "4420"}, "breed_map": _fitting_map(tmp_path)}
     )
     with pytest.raises(Exception, match="LABELER_TARGET_UNDECIDED"):
-        cli._check_writeback(settings, built.service.engine)
+        checks.write_back(checks.CheckContext(settings, built.service.engine))
     built.service.engine.dispose()
 
 
@@ -103,7 +103,9 @@ def test_check_tries_the_per_photo_write_back_into_the_source(
         )
     base = {"target_table": None, "source_group_column": None, "writeback_breed_column": "breed"}
     fine = built.service.settings.model_copy(update={**base, "source_table": "pet_photos"})
-    assert "per-photo write-back into pet_photos works" in cli._check_writeback(fine, engine)
+    assert "per-photo write-back into pet_photos works" in checks.write_back(
+        checks.CheckContext(fine, engine)
+    )
     with engine.connect() as conn:
         assert (
             conn.execute(text("SELECT COUNT(*) FROM pet_photos WHERE breed IS NOT NULL")).scalar()
@@ -111,5 +113,5 @@ def test_check_tries_the_per_photo_write_back_into_the_source(
         )
     view = built.service.settings.model_copy(update={**base, "source_table": "pet_photo_join"})
     with pytest.raises(RuntimeError, match="LABELER_WRITEBACK_BREED_COLUMN='breed'"):
-        cli._check_writeback(view, engine)
+        checks.write_back(checks.CheckContext(view, engine))
     built.service.engine.dispose()

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import create_engine, select, text
 
 from labeler.config.settings import Settings
-from labeler.service import cli
+from labeler.service import checks
 from labeler.service.app import Service
 from labeler.shelter.source import SourceError
 from labeler.store.schema import FAILED, LABELLED, group
@@ -136,7 +136,7 @@ def test_check_tries_the_stamps_and_rolls_them_back(
     fitting = tmp_path / "fitting-map.csv"
     fitting.write_text("label,breed_id,breed_name\nbeagle,19,Beagle\nShih-Tzu,188,Shih Tzu\n")
     settings = service.settings.model_copy(update={"breed_map": fitting})
-    assert "works" in cli._check_writeback(settings, service.engine)
+    assert "works" in checks.write_back(checks.CheckContext(settings, service.engine))
     _, _, pets = _rows(service)
     assert all(p.changed_by == "intake" and p.breed_id == 442 for p in pets.values())
     service.engine.dispose()

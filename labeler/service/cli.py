@@ -8,7 +8,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -154,170 +154,15 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
-    from labeler.model.classifier import Classifier
-    from labeler.service.app import load_classifier
-    from labeler.shelter.source import reflect_source
-    from labeler.store import migrate
-    from labeler.store.engine import make_engine
+    from labeler.service.checks import run_checks
 
-    ok = True
     secrets = secrets_of(settings)
-
-    def step(name: str, fn: Callable[[], str]) -> None:
-        nonlocal ok
-        try:
-            detail = fn()
-            print(redact(f"ok    {name}: {detail}", secrets))
-        except Exception as exc:
-            ok = False
-            text = f"FAIL  {name}: {error_line(exc)}"
-            print(redact(text, secrets))
-
-    engine = make_engine(settings)
-
-    def database() -> str:
-        from labeler.store import repository as repo
-        from labeler.store.engine import session_factory
-
-        with session_factory(engine)() as session:
-            repo.ping(session)
-        return settings.safe_database_url()
-
-    def migrations() -> str:
-        current, head = migrate.current_revision(engine), migrate.head_revision(engine)
-        if current != head:
-            raise RuntimeError(
-                f"schema is at {current or 'nothing'}, code expects {head}: "
-                "run `labeler db upgrade`"
-            )
-        return f"at head ({head})"
-
-    def source() -> str:
-        with engine.connect() as conn:
-            src = reflect_source(conn, settings)
-        return f"{src.table.fullname}({src.id_column}, {src.image_column})"
-
-    classifiers: list[Classifier] = []
-
-    def model() -> str:
-        classifiers.append(load_classifier(settings))
-        return classifiers[0].artifact.describe()
-
-    def inference_runtime() -> str:
-        if not classifiers:
-            raise RuntimeError("no model loaded")
-        return classifiers[0].runtime.description
-
-    def photo_root() -> str:
-        from labeler.service.app import check_photo_root
-
-        return check_photo_root(settings)
-
-    def source_filter() -> str:
-        from labeler.service.app import check_filter_matches
-
-        with engine.connect() as conn:
-            src = reflect_source(conn, settings)
-        return check_filter_matches(engine, src)
-
-    def breed_map() -> str:
-        # the map loads and agrees with the shelter's own breed table (LABELER_BREED_TABLE).
-        from sqlalchemy.orm import Session
-
-        from labeler.shelter.breedmap import breed_table_problems, load_breed_map
-
-        if settings.breed_map is None:
-            return "not set (no write-back to the shelter's records)"
-        bmap = load_breed_map(settings.breed_map)
-        with Session(engine) as session:
-            problems = breed_table_problems(session, settings, bmap)
-        if problems:
-            raise RuntimeError(
-                f"{len(problems)} mapped labels do not match table {settings.breed_table}: "
-                + "; ".join(problems[:5])
-                + ("; ..." if len(problems) > 5 else "")
-            )
-        against = (
-            f"matches table {settings.breed_table}"
-            if settings.breed_table
-            else "not compared with a breed table (LABELER_BREED_TABLE is not set)"
-        )
-        return f"{len(bmap.mapped_labels)} labels mapped to {', '.join(bmap.columns)}; {against}"
-
-    step("database reachable", database)
-    step("migrations", migrations)
-    step("photo source", source)
-    if settings.source_filter_column:
-        step("source filter", source_filter)
-    step("breed map", breed_map)
-    step("photo root", photo_root)
-    step("model", model)
-    step("inference runtime", inference_runtime)
-    step("decision threshold", lambda: _threshold_line(_threshold_in_force(settings, engine)))
-    step("source rows", lambda: _check_source_rows(settings, engine))
-    step("write-back", lambda: _check_writeback(settings, engine))
+    ok = True
+    for result in run_checks(settings):
+        ok = ok and result.ok
+        mark = "ok   " if result.ok else "FAIL "
+        print(redact(f"{mark} {result.name}: {result.detail}", secrets))
     return EXIT_OK if ok else EXIT_FAILED
-
-
-def _check_source_rows(settings: Settings, engine: Any) -> str:
-    """The filter selects rows, and not only by letter case."""
-    from labeler.shelter.source import reflect_source
-    from labeler.store.engine import session_factory
-    from labeler.store.writeback import check_source_rows
-
-    with engine.connect() as conn:
-        src = reflect_source(conn, settings)
-    with session_factory(engine)() as session:
-        return check_source_rows(session, src)
-
-
-def _check_writeback(settings: Settings, engine: Any) -> str:
-    """The breed map fits the target and one write-back runs, inside
-    a transaction that is rolled back."""
-    from sqlalchemy.orm import Session
-
-    from labeler.shelter.source import reflect_source
-    from labeler.store.writeback import check_target, reflect_target
-
-    with engine.connect() as conn:
-        src = reflect_source(conn, settings)
-        target = reflect_target(conn, settings)
-    per_photo = ""
-    if src.writeback_breed_column:
-        per_photo = _check_source_write_back(src, engine)
-    if target is None:
-        return per_photo or "not configured (LABELER_TARGET_TABLE is not set)"
-    with engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            return check_target(Session(bind=conn), src, target)
-        finally:
-            transaction.rollback()
-
-
-def _check_source_write_back(src: Any, engine: Any) -> str:
-    """The per-photo write-back (LABELER_WRITEBACK_BREED_COLUMN) runs on one source row, inside
-    a transaction that is rolled back: a view that cannot be updated or a missing grant shows
-    here, not as a failure of every row."""
-    from sqlalchemy.orm import Session
-
-    from labeler.store import repository as repo
-    from labeler.store.engine import short_error
-
-    with engine.connect() as conn:
-        transaction = conn.begin()
-        try:
-            tried = repo.try_source_write_back(Session(bind=conn), src)
-        except Exception as exc:
-            raise RuntimeError(
-                f"LABELER_WRITEBACK_BREED_COLUMN={src.writeback_breed_column!r}: the write-back "
-                f"into {src.table.name} fails: {short_error(exc)}"
-            ) from exc
-        finally:
-            transaction.rollback()
-    if tried is None:
-        return "per-photo write-back configured (no source row to try it on)"
-    return f"per-photo write-back into {src.table.name} works (tried on id {tried}, rolled back)"
 
 
 def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
@@ -418,42 +263,15 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 # --- thresholds in force, measured precision, calibration -------------------------------------
 
 
-def _threshold_in_force(settings: Settings, engine: Any, session: Any = None) -> dict[str, Any]:
-    from labeler.model.artifact import load_artifact
-    from labeler.service.app import thresholds_in_force
-    from labeler.store.engine import session_factory
-
-    artifact = load_artifact(settings.model_dir)  # metadata only, no network
-    if session is None:
-        with session_factory(engine)() as own:
-            t = thresholds_in_force(settings, own, artifact)
-    else:
-        t = thresholds_in_force(settings, session, artifact)
-    return {
-        "model_version": artifact.version,
-        "review_threshold": t.review_threshold,
-        "review_margin": t.review_margin,
-        "source": t.source,
-        "audit_share": t.audit_share,
-    }
-
-
-def _threshold_line(t: dict[str, Any]) -> str:
-    audits = f"{t['audit_share']:.1%} of confident results" if t["audit_share"] else "off"
-    return (
-        f"review below {t['review_threshold']:.4f} ({t['source']}), margin "
-        f"{t['review_margin']:.2f}, model {t['model_version']}; audits {audits}"
-    )
-
-
 def _trust_status(settings: Settings, session: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     from labeler.decide.thresholds import group_version_counts, version_quality
+    from labeler.service.checks import threshold_in_force
     from labeler.store import repository as repo
 
     try:
-        threshold: dict[str, Any] = _threshold_in_force(settings, None, session)
+        threshold: dict[str, Any] = threshold_in_force(settings, None, session)
     except ArtifactError as exc:
         threshold = {"error": str(exc)}
     quality = [version_quality(c) for c in repo.quality_counts(session)]
@@ -482,11 +300,13 @@ def _group_verdicts(settings: Settings, session: Any) -> list[Any]:
 
 
 def _print_trust_status(report: dict[str, Any]) -> None:
+    from labeler.service.checks import threshold_line
+
     threshold = report["threshold"]
     if "error" in threshold:
         print(f"decision: unknown ({threshold['error']})")
     else:
-        print(f"decision: {_threshold_line(threshold)}")
+        print(f"decision: {threshold_line(threshold)}")
     for quality in report["quality"]:
         for line in quality["summary"]:
             print(line)
