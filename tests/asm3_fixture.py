@@ -23,17 +23,29 @@ API::
 
 Staff actions, on a connection (labeler.demo.shelter): staff_sets_breed(conn, animal_id,
 breed_id) (as ASM3's animal screen saves it), refile_species(conn, animal_id, CAT),
-delete_media(conn, media_id) (media + dbfs rows).
+delete_media(conn, media_id) (media + dbfs rows), rotate_photo(conn, media_id, content) (new
+bytes under the same media id, media.Date set to now).
 
 Settings (see labeler.demo.shelter.labeler_settings; the same as docs/shelters/asm3.md, which
 tests/test_asm3_recipe.py checks): source view ``animal_photo`` (photo_id, animal_id, photo,
-species, animal_name, shelter_code, media_name), filter species = Dog, group by animal_id,
-context animal_name,shelter_code, target table ``animal`` keyed by ``ID`` (``id`` on PostgreSQL,
-which folds names to lower case), undecided ``BreedID=442,BreedName=Mixed Breed`` (lower-case
-names on PostgreSQL), breed map ``labeler/data/breedmaps/asm3.csv`` checked against table
-``breed``. With storage "file", ``LABELER_PHOTO_ROOT`` is ``shelter.file_root``.
+species, animal_name, shelter_code, media_name, media_date), filter species = Dog, group by
+animal_id, context animal_name,shelter_code, change marker media_date, target table
+``animal`` keyed by ``ID`` (``id`` on PostgreSQL, which folds names to lower case), undecided
+``BreedID=442,BreedName=Mixed Breed`` (lower-case names on PostgreSQL), breed map
+``labeler/data/breedmaps/asm3.csv`` checked against table ``breed``. With storage "file",
+``LABELER_PHOTO_ROOT`` is ``shelter.file_root``.
 
 ``sample_photos(per_breed)`` gives the ``(breed folder, path)`` list used for seeding.
+
+ASM3's own database user, as an administrator sets it up before ASM3's installer creates the
+schema through it (PostgreSQL and MariaDB only)::
+
+    url = create_asm3_user(admin, "asm3_app", password)  # URL that connects as that user
+    drop_asm3_user(admin, "asm3_app")
+
+On PostgreSQL the user owns the database, so the tables its installer creates are its own; on
+MariaDB it exists at ``ASM3_HOSTS`` (``localhost`` and ``127.0.0.1``) with all privileges on the
+database and no ``GRANT OPTION``.
 """
 
 from __future__ import annotations
@@ -49,6 +61,44 @@ from sqlalchemy.pool import NullPool
 from labeler.demo import shelter as demo_shelter
 from labeler.demo.shelter import Seeded
 from tests.helpers import FULLFRAME, require
+
+ASM3_USER = "asm3_app"
+# The hosts an ASM3 install gives its MariaDB account: the application connects to the server on
+# the same machine, by socket (localhost) or by TCP (127.0.0.1).
+ASM3_HOSTS = ("localhost", "127.0.0.1")
+
+
+def create_asm3_user(admin: Engine, user: str, password: str) -> str:
+    """Create ASM3's database user on the admin engine's database; return a URL for it."""
+    database = admin.url.database
+    with admin.begin() as conn:
+        if admin.dialect.name == "postgresql":
+            conn.execute(text(f"CREATE ROLE {user} LOGIN PASSWORD '{password}'"))
+            # createdb -O: the database, and with it the public schema (PostgreSQL 15+), is
+            # ASM3's user's, so the schema ASM3 creates through it belongs to it.
+            conn.execute(text(f"ALTER DATABASE {database} OWNER TO {user}"))
+        else:
+            for host in ASM3_HOSTS:
+                conn.execute(text(f"CREATE USER '{user}'@'{host}' IDENTIFIED BY '{password}'"))
+                conn.execute(text(f"GRANT ALL PRIVILEGES ON {database}.* TO '{user}'@'{host}'"))
+    url = admin.url.set(username=user, password=password)
+    return url.render_as_string(hide_password=False)
+
+
+def drop_asm3_user(admin: Engine, user: str) -> None:
+    """Drop what :func:`create_asm3_user` made (what the user owns goes to the admin)."""
+    with admin.begin() as conn:
+        if admin.dialect.name == "postgresql":
+            exists = conn.execute(
+                text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": user}
+            ).first()
+            if exists:
+                conn.execute(text(f"REASSIGN OWNED BY {user} TO CURRENT_USER"))
+                conn.execute(text(f"DROP OWNED BY {user}"))
+                conn.execute(text(f"DROP ROLE {user}"))
+        else:
+            for host in ASM3_HOSTS:
+                conn.execute(text(f"DROP USER IF EXISTS '{user}'@'{host}'"))
 
 
 def sample_photos(per_breed: int | None = 6) -> list[tuple[str, Path]]:

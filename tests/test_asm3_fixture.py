@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import base64
+import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
 
 from labeler.config.settings import Settings
 from labeler.demo import shelter as demo_shelter
 from labeler.shelter.source import reflect_source
-from tests.asm3_fixture import build_asm3, sample_photos
+from tests.asm3_fixture import (
+    ASM3_HOSTS,
+    build_asm3,
+    create_asm3_user,
+    drop_asm3_user,
+    sample_photos,
+)
 
 
 @pytest.mark.parametrize("storage", ["base64", "file"])
@@ -125,3 +134,38 @@ def test_staff_actions_change_the_shelter_as_asm3_would(db_url: str, tmp_path: P
     assert not set(seeded.photos[other]) & dogs, "a re-filed dog's photos stop matching the filter"
     assert doomed not in left and dbfs == 0
     assert set(seeded.photos[other]) - {doomed} <= left
+
+
+def test_asm3_user_is_made_as_an_asm3_install_makes_it(server_db_url: str, tmp_path: Path) -> None:
+    """ASM3's user owns the schema ASM3 creates through it (PostgreSQL) or has every privilege on
+    ASM3's database at both hosts an install gives it (MariaDB), and is no administrator."""
+    admin = create_engine(server_db_url, poolclass=NullPool)
+    user = f"a3_{uuid.uuid4().hex[:8]}"
+    try:
+        engine = create_engine(create_asm3_user(admin, user, "pw"), poolclass=NullPool)
+        with engine.begin() as conn:
+            demo_shelter.create_schema(conn)
+            conn.execute(text("CREATE VIEW asm3_probe AS SELECT ID FROM animal"))
+        with engine.connect() as conn:
+            if admin.dialect.name == "postgresql":
+                owners = conn.execute(
+                    text(
+                        "SELECT DISTINCT tableowner FROM pg_tables WHERE tablename IN "
+                        "('animal', 'media', 'dbfs', 'breed', 'species')"
+                    )
+                ).scalars()
+                assert list(owners) == [user]
+                with pytest.raises(DBAPIError, match="permission denied to create role"):
+                    conn.execute(text(f"CREATE ROLE {user}_x"))
+            else:
+                with admin.connect() as root:
+                    hosts = root.execute(
+                        text("SELECT Host FROM mysql.user WHERE User = :u"), {"u": user}
+                    ).scalars()
+                    assert sorted(hosts) == sorted(ASM3_HOSTS)
+                with pytest.raises(DBAPIError):
+                    conn.execute(text(f"CREATE USER '{user}_x'@'%'"))
+        engine.dispose()
+    finally:
+        drop_asm3_user(admin, user)
+        admin.dispose()

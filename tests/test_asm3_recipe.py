@@ -1,5 +1,7 @@
-"""docs/shelters/asm3.md, run as written: its views, settings, grants and report, on PostgreSQL and
-MariaDB, with a whole per-animal pass under exactly the documented privileges."""
+"""docs/shelters/asm3.md, run as written: its checks, views, settings, grants and report, on
+PostgreSQL and MariaDB, each block as the role the recipe names, on a database made the way
+ASM3's installer makes one, with a whole per-animal pass under exactly the documented
+privileges."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
 from labeler.config.settings import Settings
@@ -22,7 +25,7 @@ from labeler.service.cli import main
 from labeler.shelter.breedmap import load_breed_map
 from labeler.store import migrate
 from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, group
-from tests.asm3_fixture import sample_photos
+from tests.asm3_fixture import ASM3_USER, create_asm3_user, drop_asm3_user, sample_photos
 from tests.helpers import REPO
 
 DOC = REPO / "docs" / "shelters" / "asm3.md"
@@ -58,11 +61,22 @@ def _normal(sql: str) -> str:
     return " ".join(sql.replace(";", " ").split()).lower()
 
 
+BLOCKS = {
+    "PostgreSQL": ("base64", "file", "mixed", "roles", "grants", "labeler tables", "ASM3 user"),
+    "MariaDB": ("base64", "file", "mixed", "grants", "labeler tables", "ASM3 user"),
+}
+
+
 def test_the_recipe_has_every_block() -> None:
     blocks = doc_blocks()
-    for server in ("PostgreSQL", "MariaDB"):
-        for what in ("base64", "file", "grants", "labeler tables", "ASM3 user", "report"):
+    assert "Facts, both servers" in blocks
+    for server, whats in BLOCKS.items():
+        for what in (*whats, "report"):
             assert f"{server}, {what}" in blocks, (server, what)
+    # The grants name the user ASM3 itself connects with, at the hosts an install gives it.
+    assert "TO asm3_app" in blocks["PostgreSQL, ASM3 user"]
+    assert "'asm3_app'@'localhost', 'asm3_app'@'127.0.0.1'" in blocks["MariaDB, ASM3 user"]
+    assert "'asm3'@" not in DOC.read_text()
 
 
 @pytest.mark.parametrize("storage", ["base64", "file"])
@@ -96,15 +110,16 @@ class Roles:
         tag = uuid.uuid4().hex[:8]
         self.server, self.admin_url = server, admin_url
         self.database = make_url(admin_url).database or ""
-        self.owner, self.app, self.asm3 = f"lo_{tag}", f"la_{tag}", f"asm3_{tag}"
+        # labeler_owner, labeler_app and ASM3's user asm3_app, under names no other run uses.
+        self.owner, self.app, self.asm3 = f"lo_{tag}", f"la_{tag}", f"a3_{tag}"
         self.passwords = {name: uuid.uuid4().hex for name in (self.owner, self.app, self.asm3)}
 
     def rewrite(self, block: str) -> str:
-        block = block.replace("labeler_owner", self.owner).replace("labeler_app", self.app)
+        block = re.sub(r"\blabeler_owner\b", self.owner, block)
+        block = re.sub(r"\blabeler_app\b", self.app, block)
+        block = re.sub(rf"\b{ASM3_USER}\b", self.asm3, block)
         block = block.replace("'change-me-too'", f"'{self.passwords[self.app]}'")
         block = block.replace("'change-me'", f"'{self.passwords[self.owner]}'")
-        block = re.sub(r"\bTO asm3\b", f"TO {self.asm3}", block)
-        block = block.replace("'asm3'@", f"'{self.asm3}'@")
         return re.sub(r"\basm\.", f"{self.database}.", block)
 
     def url(self, role: str) -> str:
@@ -112,8 +127,9 @@ class Roles:
         return url.render_as_string(hide_password=False)
 
     def drop(self, admin: Engine) -> None:
+        drop_asm3_user(admin, self.asm3)
         with admin.begin() as conn:
-            for role in (self.app, self.asm3, self.owner):
+            for role in (self.app, self.owner):
                 if self.server == "postgresql":
                     exists = conn.execute(
                         text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}
@@ -159,30 +175,35 @@ def test_a_pass_under_the_documented_grants(
     storage = "file" if server == "postgresql" else "base64"
     file_root = tmp_path / "asm3-files"
 
-    # ASM3's own database, as its administrator made it; then the recipe, step by step.
-    with admin.begin() as conn:
+    # ASM3's own database, as its installer makes it: the administrator creates ASM3's user,
+    # ASM3 creates its schema through that user; ASM3's saves go through it too.
+    asm3 = create_engine(
+        create_asm3_user(admin, roles.asm3, roles.passwords[roles.asm3]), poolclass=NullPool
+    )
+    with asm3.begin() as conn:
         demo_shelter.create_schema(conn)
         seeded = demo_shelter.seed(
             conn, sample_photos(3), storage=storage, file_root=file_root, photos_per_dog=3
         )
-    _run(admin, blocks[f"{name}, {storage}"])
-    _run(admin, blocks[f"{name}, grants"])
-    with admin.begin() as conn:
-        # ASM3's own database user, which exists in every ASM3 installation.
-        password = roles.passwords[roles.asm3]
-        if server == "postgresql":
-            conn.execute(text(f"CREATE ROLE {roles.asm3} LOGIN PASSWORD '{password}'"))
-        else:
-            conn.execute(text(f"CREATE USER '{roles.asm3}'@'%' IDENTIFIED BY '{password}'"))
+    # Then the recipe, step by step, each block as the role it names. Section 1's check and
+    # section 2's view: ASM3's user.
+    assert _storage_kinds(asm3, blocks["Facts, both servers"]) == {f"{storage}:"}
+    _run(asm3, blocks[f"{name}, {storage}"])
+    if server == "postgresql":
+        # Creating roles needs the administrator: ASM3's user, owner of the database, may not.
+        with pytest.raises(DBAPIError, match="permission denied to create role"):
+            _run(asm3, blocks[f"{name}, roles"])
+        _run(admin, blocks[f"{name}, roles"])
+        # ASM3's user owns ASM3's tables and the view: it grants on them.
+        _run(asm3, blocks[f"{name}, grants"])
+    else:
+        _run(admin, blocks[f"{name}, grants"])
     owner = create_engine(roles.url(roles.owner), poolclass=NullPool)
     migrate.upgrade(owner)
     # PostgreSQL: the owner of labeler's tables grants on them; MariaDB: the administrator.
     _run(owner if server == "postgresql" else admin, blocks[f"{name}, labeler tables"])
     _run(owner if server == "postgresql" else admin, blocks[f"{name}, ASM3 user"])
     owner.dispose()
-    with admin.begin() as conn:
-        # ASM3's user owns ASM3's tables in real life: here it only needs to read animal.
-        conn.execute(text(f"GRANT SELECT ON animal TO {_grantee(roles, roles.asm3)}"))
     with admin.connect() as conn:
         before = demo_shelter.snapshot(conn)
 
@@ -239,7 +260,6 @@ def test_a_pass_under_the_documented_grants(
             assert (a["changed_by"], a["record_version"]) == ("intake", demo_shelter.INTAKE_VERSION)
 
     # Staff read the queue with the documented report, as ASM3's own user.
-    asm3 = create_engine(roles.url(roles.asm3), poolclass=NullPool)
     with asm3.connect() as conn:
         report = [dict(r) for r in conn.execute(text(blocks[f"{name}, report"])).mappings()]
     queue = {g for g, r in groups.items() if r.status == NEEDS_REVIEW}
@@ -263,7 +283,7 @@ def test_a_pass_under_the_documented_grants(
             ),
             {"g": chosen},
         )
-    with admin.begin() as conn:
+    with asm3.begin() as conn:
         demo_shelter.staff_sets_breed(conn, int(in_asm3), 163)  # Poodle
     service.run_pass()
     with admin.connect() as conn:
@@ -286,8 +306,10 @@ def test_a_pass_under_the_documented_grants(
     assert still_queued == queue - {chosen, in_asm3}
 
 
-def _grantee(roles: Roles, role: str) -> str:
-    return role if roles.server == "postgresql" else f"'{role}'@'%'"
+def _storage_kinds(engine: Engine, facts: str) -> set[str]:
+    """What section 1's storage check prints (its last statement)."""
+    with engine.connect() as conn:
+        return set(conn.execute(text(statements(facts)[-1])).scalars())
 
 
 def _only_breeds_changed(
@@ -308,25 +330,47 @@ def _only_breeds_changed(
 
 
 def test_photo_values_through_the_documented_view(server_db_url: str, tmp_path: Path) -> None:
-    """Each documented view gives the photo exactly as stored (base64 text or the file name)."""
+    """Each documented view gives the photo exactly as stored (base64 text or the file name), the
+    mixed view on a database holding both kinds, and section 1's check names what it holds."""
     server = "postgresql" if server_db_url.startswith("postgresql") else "mariadb"
     name = "PostgreSQL" if server == "postgresql" else "MariaDB"
+    blocks = doc_blocks()
     admin = create_engine(server_db_url, poolclass=NullPool)
-    for storage in ("base64", "file"):
+    for storage in ("base64", "file", "mixed"):
         root = tmp_path / storage
         with admin.begin() as conn:
             for table in ("animal_photo", *demo_shelter.SHELTER_TABLES):
                 kind = "VIEW" if table == "animal_photo" else "TABLE"
                 conn.execute(text(f"DROP {kind} IF EXISTS {table}"))
             demo_shelter.create_schema(conn)
-            seeded = demo_shelter.seed(conn, sample_photos(2), storage=storage, file_root=root)
-        _run(admin, doc_blocks()[f"{name}, {storage}"])
+            seeded = demo_shelter.seed(
+                conn,
+                sample_photos(2),
+                storage="base64" if storage == "base64" else "file",
+                file_root=root,
+            )
+            in_database: set[int] = set()
+            if storage == "mixed":
+                # A database that moved to file storage half-way: every other photo is still
+                # stored in the database, as ASM3 stores one there.
+                in_database = set(sorted(seeded.photo_files)[::2])
+                for media_id in in_database:
+                    content = base64.b64encode(seeded.photo_files[media_id].read_bytes())
+                    conn.execute(
+                        text(
+                            "UPDATE dbfs SET URL = 'base64:', Content = :c "
+                            "WHERE ID = (SELECT DBFSID FROM media WHERE ID = :m)"
+                        ),
+                        {"c": content.decode("ascii"), "m": media_id},
+                    )
+        kinds = {"base64": {"base64:"}, "file": {"file:"}, "mixed": {"base64:", "file:"}}
+        assert _storage_kinds(admin, blocks["Facts, both servers"]) == kinds[storage]
+        _run(admin, blocks[f"{name}, {storage}"])
         with admin.connect() as conn:
             rows = conn.execute(text("SELECT photo_id, photo FROM animal_photo")).all()
         assert {r.photo_id for r in rows} == {m for ms in seeded.photos.values() for m in ms}
         for r in rows:
-            data = (
-                base64.b64decode(r.photo) if storage == "base64" else (root / r.photo).read_bytes()
-            )
+            stored = storage == "base64" or r.photo_id in in_database
+            data = base64.b64decode(r.photo) if stored else (root / r.photo).read_bytes()
             assert data == seeded.photo_files[r.photo_id].read_bytes()
     admin.dispose()

@@ -462,3 +462,45 @@ def test_two_labelers_at_once_agree(
     assert staff == [shelter.seeded.staff_dog]
     for service in services:
         service.engine.dispose()
+
+
+def test_a_rotated_photo_is_labelled_again_and_the_record_follows(
+    asm3: tuple[Asm3Shelter, Service, Path],
+) -> None:
+    """ASM3 keeps the media id when staff rotate (or re-upload) a photo and sets media.Date."""
+    from labeler.demo.shelter import rotate_photo
+
+    shelter, service, breed_map = asm3
+    seeded = shelter.seeded
+    model = ScriptedModel(service.classifier, seeded.photo_files.values())
+    assert service.run_pass().status == "finished"
+    groups = _groups(service)
+    plain = [d for d, label in seeded.dogs.items() if label not in ("dingo", UNMAPPED)]
+    dog = next(d for d in plain if groups[d]["status"] == LABELLED)
+    other = next(d for d in plain if seeded.dogs[d] != seeded.dogs[dog])
+    new_files = [seeded.photo_files[m] for m in seeded.photos[other]][: len(seeded.photos[dog])]
+    assert len(new_files) == len(seeded.photos[dog])
+    staff_photo = seeded.photos[seeded.staff_dog][0]
+    staff_before = _animals(shelter)[seeded.staff_dog]
+    engine = shelter.engine()
+    with engine.begin() as conn:
+        for media_id, path in zip(seeded.photos[dog], new_files, strict=True):
+            rotate_photo(conn, media_id, path.read_bytes())
+        rotate_photo(conn, staff_photo, new_files[0].read_bytes())
+    engine.dispose()
+
+    model.seen.clear()
+    summary = service.run_pass()
+    assert summary.status == "finished"
+    # Only the rotated photos were read again, the staff dog's too (its record stays theirs).
+    assert sorted(model.seen) == sorted([*new_files, new_files[0]])
+    expected = _expected_values(breed_map, seeded.dogs[other])
+    assert expected is not None
+    assert _animals(shelter)[dog] == {
+        "BreedID": int(expected["BreedID"]),
+        "BreedName": expected["BreedName"],
+    }
+    regrouped = _groups(service)[dog]
+    assert regrouped["status"] == LABELLED and regrouped["breed"] == seeded.dogs[other]
+    assert _animals(shelter)[seeded.staff_dog] == staff_before
+    assert _groups(service)[seeded.staff_dog]["status"] == REVIEWED

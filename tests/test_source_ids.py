@@ -1,5 +1,5 @@
 """Every distinct source id (and group value) is its own labeler row on every server, or is
-refused loudly at discovery (issue 10): ids that differ only in letter case or a trailing
+refused loudly at discovery: ids that differ only in letter case or a trailing
 space stay apart on MariaDB, and ids longer than labeler's columns are never cut into one."""
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def test_write_back_reaches_only_the_row_with_exactly_that_id(
     service.engine.dispose()
 
 
-# --- the animal's record: the write-back key (issue 10) ----------------------------------------
+# --- the animal's record: the write-back key -------------------------------------------------
 
 TARGET_KEYS = {"Ab1": "Unknown", "ab1": "Unknown", "ab1 ": "Unknown", "AB1": "Poodle"}
 
@@ -441,3 +441,50 @@ def test_a_group_value_grown_too_long_fails_its_photo_and_is_never_cut(
     assert groups == {"Pet-A", "Pet-B"}
     service.engine.dispose()
     store_engine.dispose()
+
+
+# What an SQLite id column may hold whatever its declared type: each value keeps the type it
+# was stored with ('007' becomes the integer 7 in an INTEGER column, '12abc' and 1.5 do not).
+MIXED_IDS: list[Any] = [1, "12abc", 1.5, "007", -3]
+
+
+@pytest.mark.parametrize("declared", ["INTEGER", "NUMERIC", ""])
+def test_sqlite_ids_of_mixed_types_are_read_and_written_back(
+    tmp_path: Path, tiny_artifact: Path, declared: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shelter.db'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE TABLE pets (id {declared}, photo BLOB, breed VARCHAR(64))"))
+        conn.execute(
+            text("INSERT INTO pets (id, photo) VALUES (:i, :v)"),
+            [{"i": i, "v": png_bytes((30 * n, 200, 20))} for n, i in enumerate(MIXED_IDS)],
+        )
+        stored = list(conn.execute(text("SELECT CAST(id AS TEXT) FROM pets")).scalars())
+    engine.dispose()
+    settings = Settings(
+        database_url=url,
+        source_table="pets",
+        source_id_column="id",
+        source_image_column="photo",
+        writeback_breed_column="breed",
+        model_dir=tiny_artifact,
+        review_threshold=0.0,
+        review_margin=0.0,
+        audit_share=0.0,
+    )
+    service = Service.build(settings)
+    migrate.upgrade(service.engine)
+    summary = service.run_pass()
+    assert summary.status == "finished"
+    assert summary.gone == 0
+    with service.engine.connect() as conn:
+        photos = {r.photo_id: r for r in conn.execute(select(photo))}
+        written = {
+            str(i): b for i, b in conn.execute(text("SELECT CAST(id AS TEXT), breed FROM pets"))
+        }
+    assert set(photos) == set(stored)
+    assert {p: r.status for p, r in photos.items()} == dict.fromkeys(stored, "labelled")
+    # The write-back reached each row, '12abc' and 1.5 included.
+    assert written == {p: r.breed for p, r in photos.items()}
+    service.engine.dispose()

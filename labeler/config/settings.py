@@ -20,6 +20,7 @@ from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
+from labeler.config.redact import safe_url
 from labeler.core import limits
 from labeler.core.identifiers import IDENTIFIER
 from labeler.core.paths import default_model_dir
@@ -133,6 +134,10 @@ class Settings(BaseSettings):
     source_group_column: str | None = None
     # Source columns copied (as text) into the review views, e.g. AnimalName,ShelterCode.
     context_columns: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # A source column that changes when a photo is replaced under the same id (ASM3:
+    # media.Date or LastChangedDate): a labelled photo whose value differs from the one read
+    # when it was classified is labelled again. Unset: a replaced photo keeps its label.
+    source_change_column: str | None = None
     # Write-back target: a table (or updatable view) whose key column matches the group value.
     target_table: str | None = None
     target_key_column: str | None = None
@@ -300,7 +305,7 @@ class Settings(BaseSettings):
         return self
 
     # --- validators of the per-animal settings ----------------------------------------------------
-    @field_validator("source_group_column", "target_key_column")
+    @field_validator("source_group_column", "target_key_column", "source_change_column")
     @classmethod
     def _check_shelter_column(cls, v: str | None, info: object) -> str | None:
         return _identifier(v, getattr(info, "field_name", "column"))
@@ -429,8 +434,6 @@ class Settings(BaseSettings):
 
     def safe_database_url(self) -> str:
         """The database URL with the password and credential parameters masked."""
-        from labeler.config.redact import safe_url
-
         return safe_url(self.url)
 
 

@@ -109,6 +109,10 @@ class Outcome:
     group_id: str | None = None
     context: str | None = None
     scores: str | None = None
+    # What was classified: the sha256 of the photo's bytes as read (hex), and the source's
+    # change marker read with them; both kept on the photo row to notice a replaced photo.
+    fingerprint: str | None = None
+    change_marker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,8 @@ class SourceRow:
     context: str | None = None
     # Set when the row must fail without its image being read (over LABELER_MAX_IMAGE_BYTES).
     error: str | None = None
+    # LABELER_SOURCE_CHANGE_COLUMN's value as text, as read with the image.
+    change_marker: str | None = None
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,8 @@ def create_schema(conn: Connection) -> None:
         f"CREATE TABLE media (ID {t['int']} NOT NULL PRIMARY KEY, LinkTypeID {t['int']} NOT NULL, "
         f"LinkID {t['int']} NOT NULL, MediaType {t['int']} NOT NULL DEFAULT 0, "
         f"MediaMimeType {t['short']}, MediaName {t['short']}, MediaNotes {t['long']}, "
-        f"DBFSID {t['int']}){t['tail']}",
+        # ASM3 sets Date again when staff rotate the photo (the file changes, the ID stays).
+        f"DBFSID {t['int']}, Date {t['date']}){t['tail']}",
     ]
     for statement in ddl:
         conn.execute(text(statement))
@@ -312,10 +313,10 @@ def seed(
     conn.execute(
         text(
             "INSERT INTO media (ID, LinkTypeID, LinkID, MediaType, MediaMimeType, MediaName, "
-            "MediaNotes, DBFSID) VALUES (:id, :link_type, :link, :type, :mime, :name, :notes, "
-            ":dbfs)"
+            "MediaNotes, DBFSID, Date) VALUES (:id, :link_type, :link, :type, :mime, :name, "
+            ":notes, :dbfs, :date)"
         ),
-        media,
+        [{**m, "date": INTAKE_DATE} for m in media],
     )
     return out
 
@@ -324,9 +325,10 @@ def photo_view_sql(dialect: str, storage: str) -> str:
     """``CREATE VIEW`` for what labeler reads: one row per animal photo.
 
     Columns: ``photo_id`` (media id), ``animal_id`` (the group), ``photo`` (base64 text, or the
-    file name under the storage folder), ``species``, ``animal_name``, ``shelter_code`` and
-    ``media_name`` (context for staff). Lower-case aliases, so the names are the same on every
-    server. A plain join: nothing in it can be updated through the view.
+    file name under the storage folder), ``species``, ``animal_name``, ``shelter_code``,
+    ``media_name`` (context for staff) and ``media_date`` (media.Date, which ASM3 sets again
+    when the photo is rotated: labeler's change marker). Lower-case aliases, so the names are
+    the same on every server. A plain join: nothing in it can be updated through the view.
     """
     if storage not in STORAGES:
         raise ValueError(f"storage must be one of {STORAGES}, not {storage!r}")
@@ -345,7 +347,7 @@ def photo_view_sql(dialect: str, storage: str) -> str:
         f"CREATE VIEW {PHOTO_VIEW} AS "  # noqa: S608
         f"SELECT m.ID AS photo_id, a.ID AS animal_id, {photo} AS photo, "
         "s.SpeciesName AS species, a.AnimalName AS animal_name, a.ShelterCode AS shelter_code, "
-        "m.MediaName AS media_name "
+        "m.MediaName AS media_name, m.Date AS media_date "
         "FROM media m "
         "JOIN dbfs d ON d.ID = m.DBFSID "
         "JOIN animal a ON a.ID = m.LinkID "
@@ -394,6 +396,7 @@ def labeler_settings(
         "LABELER_SOURCE_FILTER_VALUES": "Dog",
         "LABELER_SOURCE_GROUP_COLUMN": "animal_id",
         "LABELER_CONTEXT_COLUMNS": "animal_name,shelter_code",
+        "LABELER_SOURCE_CHANGE_COLUMN": "media_date",
         "LABELER_TARGET_TABLE": "animal",
         "LABELER_TARGET_KEY_COLUMN": cols["key"],
         "LABELER_TARGET_UNDECIDED": (
@@ -477,3 +480,13 @@ def delete_media(conn: Connection, media_id: int) -> None:
         {"m": media_id},
     )
     conn.execute(text("DELETE FROM media WHERE ID = :m"), {"m": media_id})
+
+
+def rotate_photo(conn: Connection, media_id: int, content: bytes) -> None:
+    """Staff rotate a stored (base64) photo: ASM3 writes the new image under the same media id
+    and sets media.Date to now (``asm3.media.rotate_media``)."""
+    conn.execute(
+        text("UPDATE dbfs SET Content = :c WHERE ID = (SELECT DBFSID FROM media WHERE ID = :m)"),
+        {"c": base64.b64encode(content).decode("ascii"), "m": media_id},
+    )
+    conn.execute(text("UPDATE media SET Date = CURRENT_TIMESTAMP WHERE ID = :m"), {"m": media_id})

@@ -28,7 +28,7 @@ from labeler.decide.decision import Thresholds, decide_with_audit
 from labeler.decide.grouping import scores_json
 from labeler.model.preprocessing import PreprocessingConfig, finish_batch, preprocess_image
 from labeler.photos.decoding import Cancelled, ImageError
-from labeler.photos.fetching import LoaderConfig, load_image, reference_of
+from labeler.photos.fetching import LoaderConfig, load_photo, reference_of
 from labeler.store.engine import short_error
 from labeler.store.seam import Refused
 
@@ -49,6 +49,7 @@ class PreparedBatch:
     refs: dict[str, str | None] = field(default_factory=dict)
     failures: list[Outcome] = field(default_factory=list)
     rows: dict[str, SourceRow] = field(default_factory=dict)  # the source rows as read
+    fingerprints: dict[str, str] = field(default_factory=dict)  # of the bytes classified
 
 
 def read_rows(
@@ -80,8 +81,8 @@ def _read_narrowing(
     return {**rows_a, **rows_b}, {**bad_a, **bad_b}
 
 
-# (model input or None, photo reference, failure reason or None)
-_Prepared = tuple["np.ndarray | None", "str | None", "str | None"]
+# (model input or None, photo reference, failure reason or None, fingerprint or None)
+_Prepared = tuple["np.ndarray | None", "str | None", "str | None", "str | None"]
 
 
 def prepare_batch(
@@ -122,7 +123,7 @@ def prepare_batch(
         else:
             futures.extend(pool.submit(one, value) for _, value in todo)
             results = (future.result() for future in futures)
-        for (photo_id, _), (image, ref, error) in zip(todo, results, strict=False):
+        for (photo_id, _), (image, ref, error, print_) in zip(todo, results, strict=False):
             if error is not None:
                 batch.failures.append(
                     Outcome(photo_id, PhotoStatus.FAILED, error=error, photo_ref=ref)
@@ -132,6 +133,8 @@ def prepare_batch(
             images.append(image)
             batch.ids.append(photo_id)
             batch.refs[photo_id] = ref
+            if print_ is not None:
+                batch.fingerprints[photo_id] = print_
     except Cancelled:
         pass  # the rest of the batch stays claimed, to be released
     finally:
@@ -151,15 +154,17 @@ def _prepare_one(
     """One photo to the model's input, or the reason it cannot be used. Raises Cancelled."""
     ref: str | None = None
     try:
-        image, kind = load_image(value, loader, target_size=preprocessing.image_size, cancel=cancel)
+        image, kind, print_ = load_photo(
+            value, loader, target_size=preprocessing.image_size, cancel=cancel
+        )
         ref = reference_of(value, kind)
-        return preprocess_image(image, preprocessing), ref, None
+        return preprocess_image(image, preprocessing), ref, None, print_
     except Cancelled:
         raise
     except ImageError as exc:
-        return None, ref, str(exc)
+        return None, ref, str(exc), None
     except Exception as exc:  # one photo must never stop the batch
-        return None, None, _photo_error(exc)
+        return None, None, _photo_error(exc), None
 
 
 def _photo_error(exc: Exception) -> str:
@@ -211,3 +216,15 @@ def with_group(outcome: Outcome, row: SourceRow | None) -> Outcome:
     if row is None:
         return replace(outcome, scores=scores)
     return replace(outcome, group_id=row.group_id, context=row.context, scores=scores)
+
+
+def with_content(outcome: Outcome, batch: PreparedBatch) -> Outcome:
+    """The outcome with what its photo was known by when read: the fingerprint of the bytes
+    classified and the source's change marker (kept on failures too, so a photo replaced
+    after failing is tried again)."""
+    row = batch.rows.get(outcome.photo_id)
+    return replace(
+        outcome,
+        fingerprint=batch.fingerprints.get(outcome.photo_id),
+        change_marker=row.change_marker if row is not None else None,
+    )

@@ -37,6 +37,7 @@ from labeler.labelling.batches import (
     outcome_of,
     prepare_batch,
     read_rows,
+    with_content,
     with_group,
 )
 from labeler.model.preprocessing import PreprocessingConfig
@@ -402,6 +403,7 @@ class LabellingPass:
                 outcomes.append(outcome_of(photo_id, result, ref, thresholds, version))
         if self.grouped:
             outcomes = [with_group(o, batch.rows.get(o.photo_id)) for o in outcomes]
+        outcomes = [with_content(o, batch) for o in outcomes]
         for outcome in outcomes:
             if outcome.status == PhotoStatus.FAILED and outcome.error:
                 self._errors[outcome.error.split(":")[0][:120]] += 1

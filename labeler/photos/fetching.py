@@ -14,6 +14,7 @@ import base64
 import binascii
 import errno
 import functools
+import hashlib
 import http.client
 import io
 import ipaddress
@@ -95,6 +96,18 @@ def load_image(
     cancel: Callable[[], bool] | None = None,
 ) -> tuple[np.ndarray, str]:
     """Fetch and decode one photo; ``target_size`` (height, width) is the model input size."""
+    image, kind, _ = load_photo(value, config, target_size=target_size, cancel=cancel)
+    return image, kind
+
+
+def load_photo(
+    value: Any,
+    config: LoaderConfig,
+    *,
+    target_size: tuple[int, int] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> tuple[np.ndarray, str, str]:
+    """:func:`load_image`, with the :func:`fingerprint` of the bytes that were decoded."""
     data, kind = load_bytes(value, config, cancel=cancel)
     image = decode_image(
         data,
@@ -104,7 +117,14 @@ def load_image(
         max_scans=config.max_jpeg_scans,
         cancel=cancel,
     )
-    return image, kind
+    return image, kind, fingerprint(data)
+
+
+def fingerprint(data: bytes) -> str:
+    """What a photo's content is known by: the sha256 (hex) of its bytes as read (a file's,
+    a URL's body, base64 or hex text decoded), computed on the bytes already in memory, so a
+    photo is never read twice for it."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def reference_of(value: Any, kind: str) -> str | None:

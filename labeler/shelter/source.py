@@ -29,6 +29,7 @@ class Source:
     writeback_confidence_column: str | None = None
     group_column: str | None = None  # the animal a photo belongs to
     context_columns: tuple[str, ...] = ()
+    change_column: str | None = None  # changes when a photo is replaced under the same id
 
     @property
     def name(self) -> str:
@@ -38,6 +39,10 @@ class Source:
     @property
     def group(self) -> Column[Any] | None:
         return self.table.c[self.group_column] if self.group_column else None
+
+    @property
+    def change(self) -> Column[Any] | None:
+        return self.table.c[self.change_column] if self.change_column else None
 
     @property
     def id(self) -> Column[Any]:
@@ -111,6 +116,7 @@ def reflect_source(conn: Connection, settings: Settings) -> Source:
         "LABELER_WRITEBACK_BREED_COLUMN": settings.writeback_breed_column,
         "LABELER_WRITEBACK_CONFIDENCE_COLUMN": settings.writeback_confidence_column,
         "LABELER_SOURCE_GROUP_COLUMN": settings.source_group_column,
+        "LABELER_SOURCE_CHANGE_COLUMN": settings.source_change_column,
     }
     for env, column in [*wanted.items()] + [
         ("LABELER_CONTEXT_COLUMNS", c) for c in settings.context_columns
@@ -133,6 +139,7 @@ def reflect_source(conn: Connection, settings: Settings) -> Source:
         writeback_confidence_column=settings.writeback_confidence_column,
         group_column=settings.source_group_column,
         context_columns=tuple(settings.context_columns),
+        change_column=settings.source_change_column,
     )
 
 

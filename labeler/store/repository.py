@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,12 +32,14 @@ from sqlalchemy import (
     collate,
     delete,
     exists,
+    false,
     func,
     literal,
     null,
     or_,
     select,
     text,
+    type_coerce,
     update,
 )
 from sqlalchemy import String as SAString
@@ -45,6 +47,7 @@ from sqlalchemy import Table as SATable
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
+from sqlalchemy.types import NullType
 
 from labeler.core.domain import Outcome, Prediction, RunStatus, SaveCounts, SourceRow
 from labeler.decide.decision import CalibratedThreshold
@@ -125,6 +128,49 @@ def _exact_text(session: Session, column: Any) -> ColumnElement[Any]:
     return collate(column, "BINARY")  # SQLite: an explicit COLLATE wins over the column's
 
 
+def _source_key_values(session: Session, source: Source, photo_id: str) -> list[Any]:
+    """The values to look labeler's text id up by in the source's id column: the id in the
+    column's own type (the key's index is used), none when it cannot be (the row can no
+    longer be there). SQLite stores each value with its own type whatever the column's
+    affinity: an INTEGER column may hold '12abc' or 1.5, and an untyped one 1 beside '1'.
+    There the text itself is looked up (the column's affinity converts it as it converted the
+    stored value), with its integer and real readings for a column without affinity; the
+    caller keeps only rows whose id reads back as exactly this text."""
+    if session.get_bind().dialect.name == "sqlite":
+        values: list[Any] = [photo_id]
+        with suppress(ValueError):
+            values.append(int(photo_id))
+        try:
+            number = float(photo_id)
+        except ValueError:
+            pass
+        else:
+            if number == number and number not in values:  # NaN matches nothing
+                values.append(number)
+        return values
+    try:
+        return [source.id_value(photo_id)]
+    except ValueError:
+        return []
+
+
+def _key_column(session: Session, column: Any) -> Any:
+    """The key column for comparisons against :func:`_source_key_values`: on SQLite its
+    values are bound as they are (text, integer or real), never converted by the column's
+    SQLAlchemy type first."""
+    if session.get_bind().dialect.name == "sqlite":
+        return type_coerce(column, NullType())
+    return column
+
+
+def _same_source_key(session: Session, source: Source, photo_id: str) -> list[ColumnElement[bool]]:
+    """The source row whose id is exactly labeler's ``photo_id`` (see :func:`_same_key`)."""
+    values = _source_key_values(session, source, photo_id)
+    if not values:
+        return [false()]
+    return _same_keys(session, source.id, values, [photo_id])
+
+
 def _same_key(session: Session, column: Any, value: Any, text: str) -> list[ColumnElement[bool]]:
     """The source (or target) row whose key is exactly labeler's id ``text``: the plain
     comparison (it uses the key's index), and for a text key the exact one too."""
@@ -138,7 +184,7 @@ def _same_keys(
     session: Session, column: Any, values: Sequence[Any], texts: Sequence[str]
 ) -> list[ColumnElement[bool]]:
     """:func:`_same_key` for many keys at once (``values[i]`` is ``texts[i]`` as typed)."""
-    conditions: list[ColumnElement[bool]] = [column.in_(list(values))]
+    conditions: list[ColumnElement[bool]] = [_key_column(session, column).in_(list(values))]
     if _is_text(column):
         conditions.append(_exact_text(session, column).in_(list(texts)))
     return conditions
@@ -436,8 +482,8 @@ def fetch_rows(
     Each row is keyed by its id as discovery wrote it, and matched exactly: a source id
     column that ignores letter case would also answer 'Rex-1' for 'rex-1'. A group value
     that grew longer than labeler's columns since discovery fails the photo (never cut)."""
-    by_value = {source.id_value(pid): pid for pid in photo_ids if _convertible(source, pid)}
-    if not by_value:
+    values = [v for pid in photo_ids for v in _source_key_values(session, source, pid)]
+    if not values:
         return {}
     size: ColumnElement[Any] = null()
     image: ColumnElement[Any] = source.image
@@ -448,11 +494,13 @@ def fetch_rows(
     if source.group is not None:
         columns.append(_id_text(session, source.group))
     columns += [_as_text(session, source.table.c[c]) for c in source.context_columns]
-    conditions = _same_keys(session, source.id, list(by_value), list(by_value.values()))
+    if source.change is not None:
+        columns.append(change_marker(session, source.change))
+    conditions = _same_keys(session, source.id, values, list(photo_ids))
     conditions += _source_filter(source, staff_breed=False)
     if source.group is not None:
         conditions.append(source.group.is_not(None))
-    wanted = set(by_value.values())
+    wanted = set(photo_ids)
     out: dict[str, SourceRow] = {}
     statement = select(*columns).where(*conditions).execution_options(**{BINARY_RESULTS: True})
     for row in session.execute(statement):
@@ -466,16 +514,90 @@ def fetch_rows(
         if group_id is not None and len(group_id) > ID_LENGTH:
             error, group_id = long_group_reason(source, len(group_id)), None
         context = None
+        first = 4 if source.group is not None else 3
         if source.context_columns:
-            first = 4 if source.group is not None else 3
             parts = [
                 f"{name}: {value}"
-                for name, value in zip(source.context_columns, row[first:], strict=True)
+                for name, value in zip(
+                    source.context_columns,
+                    row[first : first + len(source.context_columns)],
+                    strict=True,
+                )
                 if value is not None
             ]
             context = storable("; ".join(parts), 1000)
-        out.setdefault(key, SourceRow(row[1], group_id, context, error))
+        marker = str(row[-1]) if source.change is not None else None
+        out.setdefault(key, SourceRow(row[1], group_id, context, error, marker))
     return out
+
+
+# A marker as stored: 'v:' and the value's text, or NO_MARKER for SQL NULL, so that NULL in
+# labeler_photo.change_marker only ever means "not recorded yet".
+NO_MARKER = "-"
+_MARKER_TEXT = 253
+
+
+def change_marker(session: Session, column: Any) -> ColumnElement[Any]:
+    """LABELER_SOURCE_CHANGE_COLUMN's value as labeler_photo.change_marker holds it, computed
+    by the server: the same text whether it is read with a photo or compared in bulk."""
+    text_value = func.substr(_id_text(session, column), 1, _MARKER_TEXT, type_=SAString())
+    return func.coalesce(
+        literal("v:", SAString(2)) + text_value, literal(NO_MARKER, SAString(1)), type_=SAString()
+    )
+
+
+_DONE = (LABELLED, NEEDS_REVIEW, FAILED)
+CHANGED_REASON = "the photo changed in the source since it was read (LABELER_SOURCE_CHANGE_COLUMN)"
+
+
+def requeue_changed(session: Session, source: Source, now: datetime) -> tuple[int, int]:
+    """Set back to pending every photo whose change marker differs from the one read when it
+    was classified (a photo replaced under the same id): one scan of the source's id and
+    marker, each row looking up its labeler_photo row by primary key; no photo is read.
+    Photos staff decided are left alone. A row without a recorded marker (labelled before
+    the setting was set) records the current one. Returns (set back, recorded)."""
+    change = source.change
+    if change is None:
+        return 0, 0
+    marker = change_marker(session, change)
+    rows = session.execute(
+        select(photo.c.photo_id, photo.c.change_marker, marker)
+        .select_from(source.table)
+        .join(photo, photo.c.photo_id == _id_text(session, source.id))
+        .where(
+            photo.c.status.in_(_DONE),
+            photo.c.reviewed_breed.is_(None),
+            photo.c.claimed_by.is_(None),
+            or_(photo.c.change_marker.is_(None), photo.c.change_marker != marker),
+            *_source_filter(source, staff_breed=False),
+        )
+    ).all()
+    changed = sorted({str(r[0]) for r in rows if r[1] is not None})
+    unrecorded = {str(r[0]): str(r[2]) for r in rows if r[1] is None}
+    for chunk in _chunks(changed):
+        session.execute(
+            update(photo)
+            .where(
+                photo.c.photo_id.in_(list(chunk)),
+                photo.c.status.in_(_DONE),
+                photo.c.reviewed_breed.is_(None),
+                photo.c.claimed_by.is_(None),
+            )
+            .values(
+                status=PENDING,
+                attempts=0,
+                last_error=CHANGED_REASON,
+                updated_at=now,
+            )
+        )
+    if unrecorded:
+        session.execute(
+            update(photo)
+            .where(photo.c.photo_id == bindparam("w_photo_id"), photo.c.change_marker.is_(None))
+            .values(change_marker=bindparam("v_marker")),
+            [{"w_photo_id": k, "v_marker": v} for k, v in unrecorded.items()],
+        )
+    return len(changed), len(unrecorded)
 
 
 def _as_text(session: Session, column: Any) -> ColumnElement[Any]:
@@ -499,14 +621,6 @@ def long_group_reason(source: Source, length: int) -> str:
         f"its group value is {length} characters, longer than {ID_LENGTH} "
         f"(LABELER_SOURCE_GROUP_COLUMN {source.group_column}): not labelled"
     )
-
-
-def _convertible(source: Source, photo_id: str) -> bool:
-    try:
-        source.id_value(photo_id)
-    except ValueError:
-        return False
-    return True
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -717,6 +831,8 @@ def _result_values(
         values["group_id"] = outcome.group_id
     if outcome.context is not None:
         values["context"] = outcome.context
+    if outcome.change_marker is not None:
+        values["change_marker"] = outcome.change_marker[:255]
     if outcome.status == FAILED:
         values["attempts"] = photo.c.attempts + 1
         values["last_error"] = storable(outcome.error or "unknown error", ERROR_MAX)
@@ -734,6 +850,7 @@ def _result_values(
             review_reason=storable(outcome.error, 255) or None,
             audit=int(outcome.audit),
             scores=outcome.scores,
+            fingerprint=outcome.fingerprint,
         )
     return values
 
@@ -764,7 +881,7 @@ def _write_back(
     untouched: ColumnElement[bool] = breed_col.is_(None)
     if previous_breed is not None:
         untouched = or_(untouched, breed_col == previous_breed)
-    same_row = _same_key(session, source.id, source.id_value(outcome.photo_id), outcome.photo_id)
+    same_row = _same_source_key(session, source, outcome.photo_id)
     session.execute(update(source.table).where(*same_row, untouched).values(**values))
 
 
@@ -1602,9 +1719,7 @@ def try_source_write_back(session: Session, source: Source) -> str | None:
         values[source.writeback_confidence_column] = 0.5
     key = str(photo_id)
     session.execute(
-        update(source.table)
-        .where(*_same_key(session, source.id, source.id_value(key), key))
-        .values(**values)
+        update(source.table).where(*_same_source_key(session, source, key)).values(**values)
     )
     return key
 

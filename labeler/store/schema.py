@@ -122,6 +122,13 @@ photo = Table(
     Column("source_name", String(255), comment="table.id_column the row was read from"),
     Column("context", String(1000), comment="configured context columns, for reviewers"),
     Column("scores", Text, comment="JSON: top labels and log-probabilities, for combining"),
+    # migration 0005: what was classified, to notice a photo replaced under the same id
+    Column("fingerprint", String(64), comment="sha256 (hex) of the photo bytes classified"),
+    Column(
+        "change_marker",
+        String(255),
+        comment="LABELER_SOURCE_CHANGE_COLUMN's value (as text) when the photo was read",
+    ),
     CheckConstraint(
         "status IN ('pending', 'labelled', 'needs_review', 'failed', 'reviewed', 'gone')",
         name="status",

@@ -254,7 +254,15 @@ class SqlStore:
         def action(session: Session) -> int:
             with self._reading_source():
                 found = repo.discover(session, self.source, now)
+                changed, _ = repo.requeue_changed(session, self.source, now)
             repo.add_run_counts(session, run_id, discovered=found)
+            if changed:
+                log.info(
+                    "%d photos changed in the source since they were labelled: labelling them "
+                    "again",
+                    changed,
+                    extra={"run_id": run_id},
+                )
             with self._reading_source():
                 refused = repo.refused_ids(session, self.source).message(self.source)
             if refused:
@@ -323,6 +331,7 @@ class SqlStore:
                 ("LABELER_SOURCE_FILTER_COLUMN", source.filter_column),
                 ("LABELER_SOURCE_GROUP_COLUMN", source.group_column),
                 ("LABELER_CONTEXT_COLUMNS", ",".join(source.context_columns) or None),
+                ("LABELER_SOURCE_CHANGE_COLUMN", source.change_column),
             ]
             settings = ", ".join([table] + [f"{k}={v}" for k, v in named if v])
         else:
