@@ -100,7 +100,10 @@ def test_labelers_at_once_label_each_row_exactly_once(
     # exactly the number of rows only if no row was written twice.
     assert sum(processed(r) for r in runs) == rows
     assert all(r.lost == 0 for r in runs)
-    assert all(processed(r) > 0 for r in runs), "both labelers should have taken a share"
+    # At least two took a share, so rows were claimed concurrently. A third that starts last
+    # on a loaded machine may find the work done: start-up (a TensorFlow import) is uneven.
+    sharing = sum(processed(r) > 0 for r in runs)
+    assert sharing >= 2, f"only {sharing} of {labelers} labelers took a share"
     engine = create_engine(server_db_url)
     with engine.connect() as conn:
         by_run = dict(
