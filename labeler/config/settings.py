@@ -220,13 +220,23 @@ class Settings(BaseSettings):
         return result
 
     @field_validator(
-        "source_filter_column", "writeback_breed_column", "writeback_confidence_column"
+        "source_filter_column",
+        "writeback_breed_column",
+        "writeback_confidence_column",
+        "source_group_column",
+        "target_key_column",
+        "source_change_column",
     )
     @classmethod
     def _check_optional_column(cls, v: str | None, info: object) -> str | None:
         return _identifier(v, getattr(info, "field_name", "column"))
 
-    @field_validator("source_filter_values", "url_allowed_hosts", mode="before")
+    @field_validator("target_table", "breed_table")
+    @classmethod
+    def _check_optional_table(cls, v: str | None, info: object) -> str | None:
+        return _identifier(v, getattr(info, "field_name", "table"), qualified=True)
+
+    @field_validator("source_filter_values", "url_allowed_hosts", "context_columns", mode="before")
     @classmethod
     def _split_commas(cls, v: Any) -> Any:
         # Environment variables carry lists as "a,b,c".
@@ -305,23 +315,6 @@ class Settings(BaseSettings):
         return self
 
     # --- validators of the per-animal settings ----------------------------------------------------
-    @field_validator("source_group_column", "target_key_column", "source_change_column")
-    @classmethod
-    def _check_shelter_column(cls, v: str | None, info: object) -> str | None:
-        return _identifier(v, getattr(info, "field_name", "column"))
-
-    @field_validator("target_table")
-    @classmethod
-    def _check_target_table(cls, v: str | None) -> str | None:
-        return _identifier(v, "target_table", qualified=True)
-
-    @field_validator("context_columns", mode="before")
-    @classmethod
-    def _split_context(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return [part.strip() for part in v.split(",") if part.strip()]
-        return v
-
     @field_validator("context_columns")
     @classmethod
     def _check_context(cls, v: list[str]) -> list[str]:
@@ -390,12 +383,7 @@ class Settings(BaseSettings):
             raise ValueError("context_columns needs source_group_column")
         return self
 
-    # --- asm3 validators: the breed table ---------------------------------------------------------
-    @field_validator("breed_table")
-    @classmethod
-    def _check_breed_table(cls, v: str | None) -> str | None:
-        return _identifier(v, "breed_table", qualified=True)
-
+    # --- validators of the breed table ----------------------------------------------------------
     @field_validator("breed_table_columns", mode="before")
     @classmethod
     def _parse_breed_table_columns(cls, v: Any) -> Any:
