@@ -24,7 +24,9 @@ API::
 Staff actions, on a connection (labeler.demo.shelter): staff_sets_breed(conn, animal_id,
 breed_id) (as ASM3's animal screen saves it), refile_species(conn, animal_id, CAT),
 delete_media(conn, media_id) (media + dbfs rows), rotate_photo(conn, media_id, content) (new
-bytes under the same media id, media.Date set to now).
+bytes under the same media id, media.Date set to now), delete_animal(conn, animal_id) (the
+record with its photos), merge_animals(conn, keep_id, merged_id) (the duplicate's photos move
+to keep_id, the duplicate is deleted).
 
 Settings (see labeler.demo.shelter.labeler_settings; the same as docs/shelters/asm3.md, which
 tests/test_asm3_recipe.py checks): source view ``animal_photo`` (photo_id, animal_id, photo,

@@ -266,7 +266,13 @@ def test_a_pass_under_the_documented_grants(
     assert queue, "the strict threshold sends some animals to review"
     assert {str(r["animalid"]) for r in report} == queue
     for row in report:
-        assert row["breed1"] == groups[str(row["animalid"])].breed
+        answer = groups[str(row["animalid"])]
+        # ASM3's own breed name, the model's label beside it, and a whole percentage.
+        assert row["breed1"] == (breed_map.name_of(answer.breed) or "not in the breed map")
+        assert row["label1"] == answer.breed
+        assert isinstance(row["pct1"], int) and abs(row["pct1"] - answer.confidence * 100) <= 0.5
+        if answer.breed_2 is not None:
+            assert row["breed2"] == (breed_map.name_of(answer.breed_2) or "not in the breed map")
         assert row["animalname"] == animals[row["animalid"]]["name"]
         assert row["mediaids"] == ",".join(str(m) for m in seeded.photos[row["animalid"]])
 

@@ -17,7 +17,17 @@ from sqlalchemy import create_engine, select, text
 from labeler.config.settings import Settings
 from labeler.service.app import Service
 from labeler.store import migrate
-from labeler.store.schema import LABELLED, PENDING, REVIEWED, group, photo
+from labeler.store import repository as repo
+from labeler.store.schema import (
+    GONE,
+    GROUP_REVIEW_VIEW,
+    LABELLED,
+    NEEDS_REVIEW,
+    PENDING,
+    REVIEWED,
+    group,
+    photo,
+)
 from tests.helpers import FULLFRAME, require
 from tests.test_shelter_helpers import ScriptedModel
 
@@ -244,4 +254,63 @@ def test_one_answer_per_photo_a_replaced_photo_is_relabelled_a_reviewed_one_is_n
     assert written[1] == "Samoyed"  # labeler's own value in the source is corrected
     assert photos["2"].reviewed_breed == "Lhasa" and photos["2"].breed == "Shih-Tzu"
     assert written[2] == "Shih-Tzu"
+    service.engine.dispose()
+
+
+def _queue(service: Service) -> set[int]:
+    with service.engine.connect() as conn:
+        return {int(r[0]) for r in conn.execute(text(f"SELECT group_id FROM {GROUP_REVIEW_VIEW}"))}
+
+
+def test_deleted_and_merged_animals_leave_the_queue_and_no_photo_is_read_again(
+    db_url: str, tmp_path: Path, tiny_artifact: Path
+) -> None:
+    shelter = _shelter(db_url, tmp_path, tiny_artifact)
+    shih_tzus = _photos(SHIH_TZU)
+    service, model = shelter.service()
+    # Pet 3's only photo shows a breed the map leaves out: pet 3 waits in the review queue.
+    model.script[shih_tzus[1]] = {"Border_terrier": 0.9}
+    assert service.run_pass().status == "finished"
+    _, groups, pets = _state(service)
+    assert groups[3].status == NEEDS_REVIEW and _queue(service) == {3}
+    assert groups[1].status == groups[2].status == LABELLED
+    assert pets[1] == (19, "Beagle")
+
+    # In the shelter's software: pet 3's record is deleted (its photo stays, as a system that
+    # keeps photos apart from records may leave it), one of pet 1's photos is deleted, and pet
+    # 2 is merged into pet 1: its photo moves to pet 1, its record is deleted.
+    engine = create_engine(shelter.url)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM pets WHERE id = 3"))
+        conn.execute(text("DELETE FROM media WHERE id = 11"))
+        conn.execute(text("UPDATE media SET pet_id = 1 WHERE pet_id = 2"))
+        conn.execute(text("DELETE FROM pets WHERE id = 2"))
+    engine.dispose()
+    model.seen.clear()
+    summary = service.run_pass()
+    assert summary.status == "finished" and summary.processed == 0
+    assert model.seen == [], "photos already labelled are never read again"
+    photos, groups, pets = _state(service)
+    assert photos[11].status == GONE and photos[11].last_error == repo.VANISHED_REASON
+    assert photos[20].group_id == "1" and photos[20].status == LABELLED
+    # Pet 1 now has a beagle and a Shih Tzu photo: decided again, they disagree, so it goes to
+    # review and labeler takes its own beagle back off the record.
+    assert groups[1].status == NEEDS_REVIEW and groups[1].photos_used == 2
+    assert "disagree" in groups[1].review_reason
+    assert pets == {1: (442, "Mixed Breed")}, "nothing is written to a record that is gone"
+    # The merged and the deleted animal leave the queue, and say why.
+    assert groups[2].status == GONE and groups[3].status == GONE
+    assert "no pets record has id = 3" in groups[3].last_error
+    assert "deleted or merged" in groups[2].last_error
+    assert _queue(service) == {1}
+
+    # Nothing changed since: the next pass reads nothing and changes nothing.
+    before = _state(service)
+    summary = service.run_pass()
+    assert summary.processed == 0 and model.seen == []
+    after = _state(service)
+    assert {k: (r.status, r.group_id) for k, r in after[0].items()} == {
+        k: (r.status, r.group_id) for k, r in before[0].items()
+    }
+    assert {k: r.status for k, r in after[1].items()} == {k: r.status for k, r in before[1].items()}
     service.engine.dispose()

@@ -504,3 +504,84 @@ def test_a_rotated_photo_is_labelled_again_and_the_record_follows(
     assert regrouped["status"] == LABELLED and regrouped["breed"] == seeded.dogs[other]
     assert _animals(shelter)[seeded.staff_dog] == staff_before
     assert _groups(service)[seeded.staff_dog]["status"] == REVIEWED
+
+
+def _queue(service: Service) -> set[int]:
+    with service.engine.connect() as conn:
+        return {int(r[0]) for r in conn.execute(text(f"SELECT group_id FROM {GROUP_REVIEW_VIEW}"))}
+
+
+def test_deleted_and_merged_animals_leave_the_queue_and_survivors_follow_their_photos(
+    asm3: tuple[Asm3Shelter, Service, Path],
+) -> None:
+    """Staff delete an animal, merge a duplicate into another (ASM3 moves its media to the
+    animal that stays and deletes the duplicate), and re-file a dog as a cat and back."""
+    from labeler.demo.shelter import CAT, DOG, delete_animal, merge_animals, refile_species
+
+    shelter, service, breed_map = asm3
+    seeded = shelter.seeded
+    model = ScriptedModel(service.classifier, seeded.photo_files.values())
+    assert service.run_pass().status == "finished"
+    groups = _groups(service)
+    deleted = seeded.mixed_dog  # its photos disagree: it waits in the review queue
+    assert groups[deleted]["status"] == NEEDS_REVIEW and deleted in _queue(service)
+    plain = [
+        d
+        for d, label in seeded.dogs.items()
+        if label not in ("dingo", UNMAPPED) and groups[d]["status"] == LABELLED
+    ]
+    keep, merged, into_staff, refiled = plain[:4]
+    assert seeded.dogs[keep] != seeded.dogs[merged]
+    staff_before = _animals(shelter)[seeded.staff_dog]
+    engine = shelter.engine()
+    with engine.begin() as conn:
+        delete_animal(conn, deleted)
+        merge_animals(conn, keep, merged)
+        merge_animals(conn, seeded.staff_dog, into_staff)
+        refile_species(conn, refiled, CAT)
+    engine.dispose()
+
+    model.seen.clear()
+    summary = service.run_pass()
+    assert summary.status == "finished" and summary.processed == 0
+    assert model.seen == [], "photos already labelled are never read again"
+    groups, queue, animals = _groups(service), _queue(service), _animals(shelter)
+    for animal in (deleted, merged, into_staff, refiled):
+        assert groups[animal]["status"] == GONE and groups[animal]["last_error"], animal
+        assert animal not in queue
+    assert {deleted, merged, into_staff} & set(animals) == set()
+    with service.engine.connect() as conn:
+        photos = {int(r.photo_id): r for r in conn.execute(select(photo))}
+    assert {photos[m].status for m in seeded.photos[deleted] + seeded.photos[refiled]} == {GONE}
+    # The merged photos follow the animal that stays, with their answers (not read again).
+    assert {photos[m].group_id for m in seeded.photos[merged]} == {str(keep)}
+    assert {photos[m].status for m in seeded.photos[merged]} == {LABELLED}
+    assert {photos[m].group_id for m in seeded.photos[into_staff]} == {str(seeded.staff_dog)}
+    # The survivor is decided again from all its photos: two breeds disagree, so it goes to
+    # review and labeler takes its own breed back off the record.
+    survivor = groups[keep]
+    assert survivor["status"] == NEEDS_REVIEW and keep in queue
+    assert survivor["photos_used"] == len(seeded.photos[keep]) + len(seeded.photos[merged])
+    undecided = {"BreedID": MIXED_BREED_ID, "BreedName": MIXED_BREED_NAME}
+    assert animals[keep] == undecided
+    # Re-filed as a cat: labeler's breed is taken back off the record.
+    assert animals[refiled] == undecided
+    # Staff's decision stands, whatever photos join the animal.
+    assert groups[seeded.staff_dog]["status"] == REVIEWED
+    assert animals[seeded.staff_dog] == staff_before
+
+    # Re-filed back as a dog: its photos are back, labelled again, and the record follows.
+    engine = shelter.engine()
+    with engine.begin() as conn:
+        refile_species(conn, refiled, DOG)
+    engine.dispose()
+    summary = service.run_pass()
+    assert summary.status == "finished"
+    assert sorted(model.seen) == sorted(seeded.photo_files[m] for m in seeded.photos[refiled])
+    assert _groups(service)[refiled]["status"] == LABELLED
+    expected = _expected_values(breed_map, seeded.dogs[refiled])
+    assert expected is not None
+    assert _animals(shelter)[refiled] == {
+        "BreedID": int(expected["BreedID"]),
+        "BreedName": expected["BreedName"],
+    }

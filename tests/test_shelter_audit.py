@@ -12,7 +12,7 @@ from pathlib import Path
 from labeler.core.domain import PhotoScores
 from labeler.decide.decision import AUDIT_REASON, Thresholds
 from labeler.decide.grouping import decide_group
-from labeler.decide.thresholds import GroupVerdict, group_version_counts
+from labeler.decide.thresholds import GroupVerdict, group_version_counts, version_quality
 from labeler.store import migrate
 from labeler.store.schema import NEEDS_REVIEW
 from tests.asm3_fixture import Asm3Shelter, build_asm3
@@ -54,8 +54,26 @@ def test_group_counts_use_audits_for_precision() -> None:
     assert (m1.model_version, m1.decided, m1.auto, m1.audit, m1.doubtful) == ("m1", 5, 1, 3, 1)
     assert (m1.audit_reviewed, m1.audit_correct) == (2, 1)
     assert (m1.doubtful_reviewed, m1.doubtful_correct) == (1, 1)
-    # A staff correction of an auto-label is not counted: staff catch the wrong ones.
+    # A staff correction of an auto-label is no audit (staff catch the wrong ones), but it is
+    # a certain mistake among the auto-labels: precision can be no higher than what is left.
     assert (m2.audit_reviewed, m2.audit_correct) == (0, 0)
+    assert (m1.auto_corrected, m2.auto_corrected) == (0, 1)
+    assert version_quality(m2).precision_at_most == 0.0
+    assert version_quality(m1).precision_at_most is None
+
+
+def test_corrected_auto_labels_cap_the_measured_precision() -> None:
+    audits = [GroupVerdict("m", auto=False, audit=True, doubtful=False, staff_agrees=True)] * 10
+    autos = [GroupVerdict("m", auto=True, audit=False, doubtful=False, staff_agrees=None)] * 8
+    corrected = [GroupVerdict("m", auto=True, audit=False, doubtful=False, staff_agrees=False)]
+    (counts,) = group_version_counts([*audits, *autos, *corrected, *corrected])
+    assert (counts.auto, counts.auto_corrected) == (10, 2)
+    quality = version_quality(counts)
+    assert quality.precision is not None
+    # All ten audits were right, yet two of ten auto-labels were corrected: at most 80%.
+    assert quality.precision.estimate == quality.precision.high == 0.8
+    assert quality.precision.low <= 0.8
+    assert any("staff corrected 2 of 10 auto-labels" in line for line in quality.lines())
 
 
 def test_audited_animals_are_never_written_back(

@@ -86,6 +86,9 @@ class VersionCounts:
     audit_correct: int = 0
     doubtful_reviewed: int = 0
     doubtful_correct: int = 0
+    # Auto-labels staff replaced with another breed in the shelter's own screens: each one is
+    # known wrong, so precision cannot be above (auto - auto_corrected) / auto.
+    auto_corrected: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,15 @@ class VersionQuality:
     audit_rate: float
     precision: Interval | None  # of the auto-labels, from audits: unbiased
     doubtful_agreement: Interval | None  # staff agreed with the model's best breed
+    auto: int = 0
+    auto_corrected: int = 0
+
+    @property
+    def precision_at_most(self) -> float | None:
+        """The share of auto-labels not corrected by staff: precision cannot be higher."""
+        if not self.auto_corrected or not self.auto:
+            return None
+        return (self.auto - self.auto_corrected) / self.auto
 
     def lines(self) -> list[str]:
         out = [
@@ -108,6 +120,12 @@ class VersionQuality:
             out.append(
                 f"  precision of auto-labels (from {self.precision.n:.0f} reviewed audits): "
                 f"{self.precision.describe()}"
+            )
+        at_most = self.precision_at_most
+        if at_most is not None:
+            out.append(
+                f"  staff corrected {self.auto_corrected} of {self.auto} auto-labels in the "
+                f"shelter's own screens: precision at most {at_most:.1%}"
             )
         if self.doubtful_agreement is not None:
             out.append(
@@ -150,6 +168,7 @@ def group_version_counts(verdicts: Sequence[GroupVerdict]) -> list[VersionCounts
                 audit_correct=sum(v.staff_agrees is True for v in audits),
                 doubtful_reviewed=sum(v.staff_agrees is not None for v in doubtful),
                 doubtful_correct=sum(v.staff_agrees is True for v in doubtful),
+                auto_corrected=sum(v.auto and v.staff_agrees is False for v in rows),
             )
         )
     return out
@@ -159,15 +178,28 @@ def version_quality(
     counts: VersionCounts, level: float = DEFAULT_CONFIDENCE_LEVEL
 ) -> VersionQuality:
     decided = counts.decided
+    precision = wilson_interval(counts.audit_correct, counts.audit_reviewed, level)
+    if precision is not None and counts.auto_corrected and counts.auto:
+        # The audits sample the auto-labels fairly; the corrections are certain mistakes among
+        # them, so no part of the interval may claim more than the uncorrected share.
+        bound = (counts.auto - counts.auto_corrected) / counts.auto
+        precision = Interval(
+            min(precision.estimate, bound),
+            min(precision.low, bound),
+            min(precision.high, bound),
+            precision.n,
+        )
     return VersionQuality(
         model_version=counts.model_version,
         decided=decided,
         review_rate=(counts.audit + counts.doubtful) / decided if decided else 0.0,
         audit_rate=counts.audit / decided if decided else 0.0,
-        precision=wilson_interval(counts.audit_correct, counts.audit_reviewed, level),
+        precision=precision,
         doubtful_agreement=wilson_interval(
             counts.doubtful_correct, counts.doubtful_reviewed, level
         ),
+        auto=counts.auto,
+        auto_corrected=counts.auto_corrected,
     )
 
 

@@ -171,12 +171,14 @@ def run_demo(demo_dir: Path, *, photos: Path | None = None, reset: bool = True) 
         )
     print(f"\nReview queue per animal, view labeler_group_review_queue ({len(queue)}):")
     for q in queue:
+        # ASM3's name first, as staff know it; the model's label beside it (an unmapped label
+        # has no ASM3 name).
         guesses = " | ".join(
-            f"{q[b]} {q[c]:.0%}"
-            for b, c in (
-                ("breed", "confidence"),
-                ("breed_2", "confidence_2"),
-                ("breed_3", "confidence_3"),
+            f"{q[n] or '(not in the map)'} ({q[b]}) {q[c]:.0%}"
+            for n, b, c in (
+                ("breed_name", "breed", "confidence"),
+                ("breed_name_2", "breed_2", "confidence_2"),
+                ("breed_name_3", "breed_3", "confidence_3"),
             )
             if q[b] is not None
         )

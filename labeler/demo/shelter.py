@@ -30,6 +30,8 @@ API::
     staff_sets_breed(conn, animal_id, breed_id) # what ASM3's animal screen does on save
     refile_species(conn, animal_id, species_id) # e.g. a "dog" that is a cat (CAT)
     delete_media(conn, media_id)                # staff delete a photo (media + dbfs rows)
+    delete_animal(conn, animal_id)              # staff delete an animal with its photos
+    merge_animals(conn, keep_id, merged_id)     # a duplicate's photos move to keep_id
 
 ``photos`` is a list of ``(breed folder, photo path)``; the folder name ends in the model's label
 (``n02099601-golden_retriever`` -> ``golden_retriever``).
@@ -490,3 +492,28 @@ def rotate_photo(conn: Connection, media_id: int, content: bytes) -> None:
         {"c": base64.b64encode(content).decode("ascii"), "m": media_id},
     )
     conn.execute(text("UPDATE media SET Date = CURRENT_TIMESTAMP WHERE ID = :m"), {"m": media_id})
+
+
+def delete_animal(conn: Connection, animal_id: int) -> None:
+    """Staff delete an animal: ASM3 removes the record with its photos (media + dbfs rows)."""
+    media = [
+        int(m)
+        for m in conn.scalars(
+            text("SELECT ID FROM media WHERE LinkTypeID = :t AND LinkID = :a"),
+            {"t": LINK_ANIMAL, "a": animal_id},
+        )
+    ]
+    for media_id in media:
+        delete_media(conn, media_id)
+    conn.execute(text("DELETE FROM animal WHERE ID = :a"), {"a": animal_id})
+
+
+def merge_animals(conn: Connection, keep_id: int, merged_id: int) -> None:
+    """Staff merge a duplicate record into another (``asm3.animal.merge_animal``): the
+    duplicate's photos move to the animal that stays (media.LinkID), then the duplicate is
+    deleted. The photos keep their media ids."""
+    conn.execute(
+        text("UPDATE media SET LinkID = :k WHERE LinkTypeID = :t AND LinkID = :m"),
+        {"k": keep_id, "t": LINK_ANIMAL, "m": merged_id},
+    )
+    conn.execute(text("DELETE FROM animal WHERE ID = :m"), {"m": merged_id})

@@ -113,6 +113,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             "counts": counts,
             "total": sum(counts.values()),
             "review_queue": repo.review_queue_size(session),
+            "review_detail": repo.review_breakdown(session),
             "claimed_now": repo.claimed_count(session, utc_now()),
             "recent_runs": repo.recent_runs(session, args.runs),
             "animals": repo.group_status_counts(session),  # one row per animal
@@ -126,7 +127,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(f"photos:   {report['total']}")
     for status, n in counts.items():
         print(f"  {status:<13}{n:>8}")
-    print(f"review queue: {report['review_queue']}   claimed right now: {report['claimed_now']}")
+    print(
+        f"review queue: {_queue_line(report['review_queue'], report['review_detail'])}   "
+        f"claimed right now: {report['claimed_now']}"
+    )
     if report["animals"]:
         print("animals:  " + ", ".join(f"{n} {s}" for s, n in sorted(report["animals"].items())))
     for key, what in (
@@ -151,6 +155,31 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         for line in str(r["errors"] or "").splitlines()[:5]:  # e.g. ids too long
             print(f"        {line[:300]}")
     return EXIT_OK
+
+
+def _queue_line(total: int, detail: dict[str, int]) -> str:
+    """The queue's size, with what it is made of and the animals in review it leaves out, so
+    the animal counts printed below add up."""
+    parts = []
+    if detail["animals"]:
+        kinds = [
+            f"{n} {what}"
+            for n, what in (
+                (detail["audits"], "audits"),
+                (detail["refused"], "with a reviewed breed labeler refused"),
+            )
+            if n
+        ]
+        parts.append(f"{detail['animals']} animals" + (f" ({', '.join(kinds)})" if kinds else ""))
+    if detail["photos"]:
+        parts.append(f"{detail['photos']} photos without an animal")
+    line = f"{total}" + (f": {' + '.join(parts)}" if parts else "")
+    if detail["reviewed_waiting"]:
+        line += (
+            f"; not in it: {detail['reviewed_waiting']} animals in review that staff gave a "
+            "reviewed_breed, written at the next pass"
+        )
+    return line
 
 
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -280,7 +309,11 @@ def _trust_status(settings: Settings, session: Any) -> dict[str, Any]:
         "threshold": threshold,
         "quality": [asdict(q) | {"summary": q.lines()} for q in quality],
         "animal_quality": [
-            asdict(q) | {"summary": [line.replace(" rows", " animals") for line in q.lines()]}
+            asdict(q)
+            | {
+                "precision_at_most": q.precision_at_most,
+                "summary": [line.replace(" rows", " animals") for line in q.lines()],
+            }
             for q in animals
         ],
     }

@@ -92,6 +92,26 @@ class BreedMap:
     def mapped_labels(self) -> frozenset[str]:
         return frozenset(self.entries)
 
+    @property
+    def name_column(self) -> str | None:
+        """The column staff read as the breed's name: the first whose values are not all whole
+        numbers (ASM3's ``BreedName`` after ``BreedID``); the first column when all are ids."""
+        if not self.columns:
+            return None
+        for position, column in enumerate(self.columns):
+            values = [row[position] for row in self.entries.values()]
+            if values and not all(v.lstrip("-").isdigit() for v in values):
+                return column
+        return self.columns[0]
+
+    def name_of(self, label: str) -> str | None:
+        """The breed as the shelter names it (``name_column``); ``None`` when unmapped."""
+        values = self.entries.get(label)
+        column = self.name_column
+        if values is None or column is None:
+            return None
+        return values[self.columns.index(column)]
+
     def matched_to(self, available: Iterable[str]) -> BreedMap:
         """This map with its columns renamed to the target's own spelling, matched ignoring case
         (PostgreSQL folds ASM3's ``BreedID`` to ``breedid``)."""

@@ -600,6 +600,108 @@ def requeue_changed(session: Session, source: Source, now: datetime) -> tuple[in
     return len(changed), len(unrecorded)
 
 
+# Photos the sweep compares with the source: every photo labeler has an answer or a verdict
+# for. Pending ones are read with the filter when they are labelled, and claimed ones are
+# saved by their pass (both follow the source there).
+_SWEPT = (*_DONE, REVIEWED, GONE)
+VANISHED_REASON = "the source row vanished or no longer matches the filter"
+BACK_REASON = "the photo is back in the source (matching the filter again): labelled again"
+
+
+@dataclass(frozen=True)
+class Swept:
+    """What :func:`sweep_source` changed."""
+
+    gone: int = 0  # photos whose source row vanished or stopped matching the filter
+    moved: int = 0  # photos whose group value changed (animals merged, a photo re-filed)
+    back: int = 0  # gone photos found in the source again, set back to pending
+    groups: tuple[str, ...] = ()  # animals to decide again
+
+
+def sweep_source(session: Session, source: Source, now: datetime) -> Swept:
+    """Bring photos labeler already answered in line with the source without reading a single
+    photo value: one scan of the source's ids (and group values), against labeler's own rows.
+
+    A photo whose row vanished (deleted, its animal deleted) or no longer matches the filter
+    becomes ``gone``; a photo whose group value changed (two animals merged: the photos move to
+    the one that stays) takes its new group_id, its scores kept (same photo, same bytes); a
+    ``gone`` photo found in the source again is set back to pending. The animals concerned are
+    decided again (:func:`mark_groups_pending` leaves the ones a person decided alone). A
+    photo staff reviewed keeps its status, and a claimed one is left to the pass saving it.
+
+    Labeler's rows are read first: a photo discovered and labelled by another labeler after
+    that read is not in it, so it cannot be taken for one that vanished."""
+    ours: dict[str, tuple[str | None, str]] = {
+        str(pid): (None if gid is None else str(gid), str(status))
+        for pid, gid, status in session.execute(
+            select(photo.c.photo_id, photo.c.group_id, photo.c.status).where(
+                photo.c.status.in_(_SWEPT),
+                photo.c.reviewed_breed.is_(None),
+                photo.c.claimed_by.is_(None),
+            )
+        )
+    }
+    if not ours:
+        return Swept()
+    columns: list[Any] = [_id_text(session, source.id)]
+    # The rows fetch_rows would return: the filter, and an animal to give the breed to.
+    conditions = [source.id.is_not(None), *_source_filter(source, staff_breed=False)]
+    if source.group is not None:
+        columns.append(_id_text(session, source.group))
+        conditions.append(source.group.is_not(None))
+    moved: dict[str, tuple[str | None, str]] = {}
+    back: list[str] = []
+    statement = select(*columns).where(*conditions).execution_options(yield_per=10_000)
+    for row in session.execute(statement):
+        key = str(row[0])
+        entry = ours.pop(key, None)
+        if entry is None:
+            continue  # new (discovery's), pending, claimed, or read twice by a view
+        old_group, status = entry
+        if status == GONE:
+            back.append(key)
+        elif source.group is not None:
+            new_group = str(row[1])
+            # A group value too long for labeler's columns is never cut (fetch_rows fails
+            # such a photo when it is labelled again).
+            if new_group != old_group and len(new_group) <= ID_LENGTH:
+                moved[key] = (old_group, new_group)
+    vanished = sorted(k for k, (_, status) in ours.items() if status in _DONE)
+    free = (photo.c.reviewed_breed.is_(None), photo.c.claimed_by.is_(None))
+    for chunk in _chunks(vanished):
+        session.execute(
+            update(photo)
+            .where(photo.c.photo_id.in_(list(chunk)), photo.c.status.in_(_DONE), *free)
+            .values(status=GONE, last_error=VANISHED_REASON, updated_at=now)
+        )
+    for chunk in _chunks(sorted(back)):
+        session.execute(
+            update(photo)
+            .where(photo.c.photo_id.in_(list(chunk)), photo.c.status == GONE, *free)
+            .values(status=PENDING, attempts=0, last_error=BACK_REASON, updated_at=now)
+        )
+    if moved:
+        session.execute(
+            update(photo)
+            .where(
+                photo.c.photo_id == bindparam("w_photo_id"),
+                photo.c.group_id.is_not_distinct_from(bindparam("w_group_id")),
+                photo.c.status != PENDING,  # executemany: no IN list
+                *free,
+            )
+            .values(group_id=bindparam("v_group_id"), updated_at=now),
+            [
+                {"w_photo_id": k, "w_group_id": old, "v_group_id": new}
+                for k, (old, new) in sorted(moved.items())
+            ],
+        )
+    touched = {ours[k][0] for k in vanished} | {g for pair in moved.values() for g in pair}
+    groups = tuple(sorted(g for g in touched if g is not None))
+    if groups:
+        mark_groups_pending(session, groups, now)
+    return Swept(len(vanished), len(moved), len(back), groups)
+
+
 def _as_text(session: Session, column: Any) -> ColumnElement[Any]:
     """A context column of a text-like or unknown type as text, on PostgreSQL: read in binary,
     a type psycopg has no binary loader for (an enum, citext) would come back as bytes.
@@ -992,14 +1094,21 @@ def relabel(session: Session, selection: RelabelSelection, now: datetime) -> int
 
 
 def status_counts(session: Session) -> dict[str, int]:
-    """Rows per status; a row staff reviewed counts as reviewed whatever its status says."""
+    """Rows per status; a row staff reviewed counts as reviewed whatever its status says, and
+    so does a classified photo of an animal staff decided (on labeler's side or in their own
+    screens): its photos keep the status they were labelled with, but no longer wait for
+    anyone. A photo that is gone or failed stays counted as such."""
+    # Grouped by plain columns (no bound values), which every server accepts in GROUP BY.
     reviewed = case((photo.c.reviewed_breed.is_(None), 0), else_=1)
     rows = session.execute(
-        select(photo.c.status, reviewed, func.count()).group_by(photo.c.status, reviewed)
+        select(photo.c.status, reviewed, group.c.status, func.count())
+        .select_from(photo.outerjoin(group, photo.c.group_id == group.c.group_id))
+        .group_by(photo.c.status, reviewed, group.c.status)
     )
     counts = dict.fromkeys(STATUSES, 0)
-    for status, reviewed, count in rows:
-        key = REVIEWED if reviewed else status
+    for status, reviewed, animal_status, count in rows:
+        by_animal = animal_status == REVIEWED and status in (LABELLED, NEEDS_REVIEW)
+        key = REVIEWED if reviewed or by_animal else status
         counts[key] = counts.get(key, 0) + int(count)
     return counts
 
@@ -1028,6 +1137,36 @@ def review_queue_size(session: Session) -> int:
         select(func.count()).where(group.c.status == NEEDS_REVIEW, _waiting_for_staff())
     )
     return int(photos or 0) + int(animals or 0)
+
+
+def review_breakdown(session: Session) -> dict[str, int]:
+    """For ``status``: what the review queue holds, and the animals still ``needs_review`` that
+    are not in it, so the summary accounts for every animal in review. ``photos`` and
+    ``animals`` add up to :func:`review_queue_size`; ``audits`` and ``refused`` are among the
+    animals; ``reviewed_waiting`` have a reviewed breed from staff that the next pass writes
+    (left out of the queue at once, as the view does)."""
+    in_review = group.c.status == NEEDS_REVIEW
+    refused = group.c.reviewed_breed == group.c.refused_breed
+    waiting = and_(in_review, _waiting_for_staff())
+
+    def count(*conditions: ColumnElement[bool]) -> int:
+        return int(session.scalar(select(func.count()).where(*conditions)) or 0)
+
+    return {
+        "photos": count(
+            photo.c.status == NEEDS_REVIEW,
+            photo.c.reviewed_breed.is_(None),
+            photo.c.group_id.is_(None),
+        ),
+        "animals": count(waiting),
+        "audits": count(waiting, group.c.audit == 1),
+        "refused": count(in_review, refused),
+        "reviewed_waiting": count(
+            in_review,
+            group.c.reviewed_breed.is_not(None),
+            or_(group.c.refused_breed.is_(None), group.c.reviewed_breed != group.c.refused_breed),
+        ),
+    }
 
 
 def review_queue(session: Session, limit: int = 20) -> list[dict[str, Any]]:
@@ -1203,6 +1342,7 @@ def group_decided_rows(session: Session) -> list[dict[str, Any]]:
             group.c.reviewed_breed,
             group.c.refused_breed,
             group.c.staff_values,
+            group.c.written_values,
         ).where(
             group.c.status.in_(_DECIDED_STATUSES),
             group.c.model_version.is_not(None),
@@ -1373,7 +1513,14 @@ def mark_groups_pending(session: Session, group_ids: Iterable[str], now: datetim
                 group.c.staff_values.is_(None),
                 group.c.reviewed_breed.is_(None),
             )
-            .values(status=PENDING, attempts=0, updated_at=now)
+            .values(
+                status=PENDING,
+                attempts=0,
+                updated_at=now,
+                # Why an animal was gone no longer holds once it has photos to decide again;
+                # a pending animal's last_error is read as a write waiting for a grant.
+                last_error=case((group.c.status == GONE, None), else_=group.c.last_error),
+            )
         )
 
 
@@ -1754,10 +1901,24 @@ def group_review_queue(session: Session, limit: int = 50) -> list[dict[str, Any]
 
     names: tuple[str, ...] = ("group_id", "context", "photo_ids", "photos_used", "review_reason")
     names += ("breed", "confidence", "breed_2", "confidence_2", "breed_3", "confidence_3")
-    names += ("reviewed_breed", "refusal")
+    names += ("reviewed_breed", "refusal", "breed_name", "breed_name_2", "breed_name_3")
+    names += ("confidence_pct",)
     view = sa_table(GROUP_REVIEW_VIEW, *(sa_column(n) for n in names))
     rows = session.execute(
         select(*view.c).order_by(view.c.confidence, view.c.group_id).limit(limit)
+    )
+    return [dict(r) for r in rows.mappings()]
+
+
+NAME_COLUMNS = (("breed", "breed_name"), ("breed_2", "breed_name_2"), ("breed_3", "breed_name_3"))
+
+
+def names_in_review(session: Session) -> list[dict[str, Any]]:
+    """The labels and stored breed names of every animal in review, to bring the names in
+    line with the breed map (animals decided before names were kept, or an edited map)."""
+    columns = [group.c.group_id] + [group.c[c] for pair in NAME_COLUMNS for c in pair]
+    rows = session.execute(
+        select(*columns).where(group.c.status == NEEDS_REVIEW, group.c.breed.is_not(None))
     )
     return [dict(r) for r in rows.mappings()]
 

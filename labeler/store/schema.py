@@ -233,6 +233,15 @@ group = Table(
         comment="a reviewed_breed labeler could not write, as staff set it",
     ),
     Column("refusal", String(255), comment="why that reviewed breed failed"),
+    # migration 0006: the top breeds in the shelter's vocabulary, for the review queue.
+    *(
+        Column(
+            f"breed_name{suffix}",
+            String(255),
+            comment=f"{what} in the shelter's vocabulary (breed map), when decided",
+        )
+        for suffix, what in (("", "breed"), ("_2", "breed_2"), ("_3", "breed_3"))
+    ),
     CheckConstraint(
         "status IN ('pending', 'labelled', 'needs_review', 'failed', 'reviewed', 'gone')",
         name="status",

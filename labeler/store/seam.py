@@ -39,6 +39,7 @@ from labeler.store.writeback import (
     TargetValueError,
     apply_review,
     fail_group,
+    refresh_breed_names,
     settle_group,
     sync_staff,
 )
@@ -248,14 +249,27 @@ class SqlStore:
         repo.adopt_source(session, name)
 
     def discover(self, run_id: int, now: datetime) -> int:
-        """Register new photos. Rows whose id or group value is too long for labeler's
-        columns are left out, and said so every pass: in the log and in the run's errors."""
+        """Register new photos, set photos replaced in the source back to pending, and sweep
+        the ones already labelled whose row was deleted or moved to another animal (no photo
+        value is read). Rows whose id or group value is too long for labeler's columns are left
+        out, and said so every pass: in the log and in the run's errors."""
 
         def action(session: Session) -> int:
             with self._reading_source():
                 found = repo.discover(session, self.source, now)
                 changed, _ = repo.requeue_changed(session, self.source, now)
+                swept = repo.sweep_source(session, self.source, now)
             repo.add_run_counts(session, run_id, discovered=found)
+            if swept.gone or swept.moved or swept.back:
+                log.info(
+                    "%d labelled photos left the source (gone), %d moved to another animal, "
+                    "%d came back; %d animals to decide again",
+                    swept.gone,
+                    swept.moved,
+                    swept.back,
+                    len(swept.groups),
+                    extra={"run_id": run_id},
+                )
             if changed:
                 log.info(
                     "%d photos changed in the source since they were labelled: labelling them "
@@ -382,6 +396,8 @@ class SqlStore:
         target = self.target
         if target is None:
             return 0
+        # The queue shows the shelter's breed names: keep them in line with the map in force.
+        self._tx("showing breed names", lambda s: refresh_breed_names(s, target))
         return self._tx("reading staff decisions", lambda s: sync_staff(s, target, now))
 
     def reviewed_groups(self, limit: int, max_attempts: int) -> list[Mapping[str, Any]]:

@@ -40,6 +40,8 @@ class Target:
     undecided: Mapping[str, str]  # column -> text meaning "no breed yet"
     lookup: Callable[[str], Mapping[str, str] | None]  # our label -> target values (text)
     label_for: Callable[[Mapping[str, object]], str | None] | None = None
+    # Our label -> the breed's name in the shelter's vocabulary, shown to staff in the queue.
+    name_of: Callable[[str], str | None] | None = None
     # Columns set on every write besides the breed (column -> `now`, `increment` or a value).
     # They are never read back: what labeler compares is only the breed map's columns.
     stamps: Mapping[str, str] = field(default_factory=dict)
@@ -162,6 +164,7 @@ def reflect_target(conn: Connection, settings: Settings) -> Target | None:
         undecided=dict(settings.target_undecided),
         lookup=breed_map.lookup,
         label_for=breed_map.label_for,
+        name_of=breed_map.name_of,
         stamps=stamps,
         lock_timeout_seconds=settings.target_lock_timeout_seconds,
     )
@@ -224,6 +227,24 @@ def _matched_stamps(table: Table, settings: Settings, mapped: tuple[str, ...]) -
 # --- deciding an animal and writing its breed -------------------------------------------------
 
 STAFF_REASON = "staff set the breed in the shelter's own record"
+NO_PHOTOS_REASON = (
+    "none of its photos is in the source any more (deleted, moved to another animal by a "
+    "merge, or no longer matching the filter)"
+)
+
+
+def no_record_reason(target: Target, group_id: str) -> str:
+    """Why an animal whose record is not there any more left the review queue."""
+    return (
+        repo.storable(
+            f"no {target.table.name} record has {target.key_column} = {group_id} any more "
+            "(deleted or merged into another in the shelter's software): nothing to write",
+            255,
+        )
+        or ""
+    )
+
+
 # What settle_group and apply_review return when the database user may not update the record:
 # the answer is kept, nothing spent, and the write is tried again at every pass.
 WRITE_DENIED = "write denied"
@@ -334,7 +355,7 @@ def settle_group(
             "status": GONE,
             "photos_used": 0,
             "review_reason": None,
-            "last_error": None,
+            "last_error": NO_PHOTOS_REASON,
         }
         written = parse_values(row["written_values"])
         # The answer came from photos that no longer count (the animal was re-filed as a cat,
@@ -380,7 +401,7 @@ def settle_group(
     assert decision.prediction is not None
     result: dict[str, Any] = {
         **base,
-        **_top3(decision.prediction),
+        **_top3(decision.prediction, target),
         "status": decision.status,
         "photos_used": len(scored),
         "photo_ids": repo.storable(id_list(decision.photo_ids, 1000), 1000),
@@ -395,11 +416,10 @@ def settle_group(
         current = repo.read_targets(session, target, [group_id]).get(group_id)
         written = parse_values(row["written_values"])
         if current is None:
+            # Nobody can review an animal the shelter no longer has (deleted, or merged into
+            # another: its photos then follow the one that stays).
             result.update(
-                status=NEEDS_REVIEW,
-                review_reason=repo.storable(
-                    f"no {target.table.name} record with {target.key_column} = {group_id}", 255
-                ),
+                status=GONE, review_reason=None, last_error=no_record_reason(target, group_id)
             )
         elif not _undecided(target, current) and not same_values(current, written):
             return _record_staff(session, group_id, current, now)
@@ -427,25 +447,53 @@ def settle_group(
 def _staff_or_gone(session: Session, target: Target, group_id: str, now: datetime) -> str:
     current = repo.read_targets(session, target, [group_id]).get(group_id)
     if current is None:
-        repo.save_group(
-            session,
-            group_id,
-            {
-                "status": NEEDS_REVIEW,
-                "updated_at": now,
-                "review_reason": f"the {target.table.name} record vanished while labelling"[:255],
-            },
-        )
-        return NEEDS_REVIEW
+        return _record_gone(session, target, group_id, now)
     return _record_staff(session, group_id, current, now)
 
 
-def _top3(prediction: Prediction) -> dict[str, Any]:
+def _record_gone(session: Session, target: Target, group_id: str, now: datetime) -> str:
+    """The animal's record is not there any more: out of the review queue, with why. A
+    reviewed breed staff set stays as they set it (there is nothing left to write it to)."""
+    repo.save_group(
+        session,
+        group_id,
+        {
+            "status": GONE,
+            "review_reason": None,
+            "last_error": no_record_reason(target, group_id),
+            "updated_at": now,
+        },
+    )
+    return GONE
+
+
+def refresh_breed_names(session: Session, target: Target) -> int:
+    """Give every animal in review the breed names the map has now (the view cannot read the
+    map); returns how many animals changed."""
+    if target.name_of is None:
+        return 0
+    changed = 0
+    for row in repo.names_in_review(session):
+        wanted = {
+            name: repo.storable(target.name_of(row[label]), 255) if row[label] else None
+            for label, name in repo.NAME_COLUMNS
+        }
+        if any(row[name] != value for name, value in wanted.items()):
+            repo.save_group(session, str(row["group_id"]), wanted)
+            changed += 1
+    return changed
+
+
+def _top3(prediction: Prediction, target: Target | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    name_of = target.name_of if target is not None else None
     for i, suffix in enumerate(("", "_2", "_3")):
         label, p = prediction.candidates[i] if i < len(prediction.candidates) else (None, None)
         out[f"breed{suffix}"] = repo.storable(label, 128)
         out[f"confidence{suffix}"] = p
+        # The view cannot read the breed map: the names staff know are kept with the answer.
+        name = name_of(label) if name_of is not None and label is not None else None
+        out[f"breed_name{suffix}"] = repo.storable(name, 255)
     return out
 
 
@@ -476,7 +524,12 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
         current = repo.read_targets(session, target, [str(r["group_id"]) for r in rows])
         for r in rows:
             values = current.get(str(r["group_id"]))
-            if values is None or _undecided(target, values):
+            if values is None:
+                # Deleted (or merged away) in the shelter's software: an open animal would
+                # otherwise wait in the review queue for a record nobody can open.
+                _gone_if_still_open(session, target, str(r["group_id"]), now)
+                continue
+            if _undecided(target, values):
                 continue
             if same_values(values, parse_values(r["written_values"])):
                 continue
@@ -493,6 +546,20 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
                 continue
             _record_staff(session, gid, values, now)
             found += 1
+
+
+def _gone_if_still_open(session: Session, target: Target, group_id: str, now: datetime) -> None:
+    """Mark the animal gone if, with its row locked and its record read again, no person has
+    decided it and the record is still missing."""
+    fresh = repo.get_group(session, group_id, lock=True)
+    if (
+        fresh is None
+        or fresh["status"] in (REVIEWED, GONE)
+        or fresh["staff_values"]
+        or repo.read_targets(session, target, [group_id]).get(group_id) is not None
+    ):
+        return
+    _record_gone(session, target, group_id, now)
 
 
 def apply_review(
@@ -531,13 +598,7 @@ def apply_review(
     written = parse_values(row["written_values"])
     current = repo.read_targets(session, target, [group_id]).get(group_id)
     if current is None:
-        return _refuse_review(
-            session,
-            row,
-            f"no {target.table.name} record has {target.key_column} = {group_id}: the reviewed "
-            "breed cannot be written",
-            now,
-        )
+        return _record_gone(session, target, group_id, now)
     if not (
         _undecided(target, current) or same_values(current, written) or same_values(current, values)
     ):
@@ -755,12 +816,21 @@ def group_verdicts(
                     {k.lower(): v for k, v in wanted.items()} if wanted else None,
                 )
         audit = bool(row["audit"])
+        # Staff changing a record that still held labeler's own write corrected an auto-label:
+        # it was written without a human, and staff's breed counts against that, not as a
+        # doubtful animal (recording their decision replaced the animal's review_reason).
+        corrected_write = (
+            bool(row["staff_values"])
+            and row.get("written_values") is not None
+            and row["reviewed_breed"] is None
+        )
+        auto = not audit and (row["review_reason"] is None or corrected_write)
         verdicts.append(
             GroupVerdict(
                 model_version=str(row["model_version"]),
-                auto=not audit and row["review_reason"] is None,
+                auto=auto,
                 audit=audit,
-                doubtful=not audit and row["review_reason"] is not None,
+                doubtful=not audit and not auto,
                 staff_agrees=agrees,
             )
         )
