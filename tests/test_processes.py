@@ -110,7 +110,7 @@ def test_labelers_at_once_label_each_row_exactly_once(
             conn.execute(select(photo.c.run_id, func.count()).group_by(photo.c.run_id)).all()
         )
     engine.dispose()
-    assert by_run == {r.id: processed(r) for r in runs}
+    assert by_run == {r.id: processed(r) for r in runs if processed(r)}
 
 
 def test_killed_labeler_loses_nothing(server_db_url: str, tiny_artifact: Path) -> None:
