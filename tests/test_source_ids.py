@@ -17,8 +17,7 @@ from labeler.config.settings import Settings
 from labeler.service.app import Service
 from labeler.service.cli import main
 from labeler.shelter.source import reflect_source, reflect_table
-from labeler.store import migrate
-from labeler.store import repository as repo
+from labeler.store import migrate, shelter_sql
 from labeler.store.engine import make_engine
 from labeler.store.schema import group, photo, run
 from labeler.store.seam import SqlStore
@@ -309,24 +308,25 @@ def test_write_back_to_the_record_matches_its_key_exactly(
     other (nor 'ab1 ', nor 'AB1'), and reading a record back reads that record only."""
     engine, target = _target(db_url, collation)
     with Session(engine) as session, session.begin():
-        assert repo.write_target(session, target, "ab1", {"breed": "Beagle"}, None) == 1
+        assert shelter_sql.write_target(session, target, "ab1", {"breed": "Beagle"}, None) == 1
     assert _records(engine) == {**TARGET_KEYS, "ab1": "Beagle"}
     with Session(engine) as session, session.begin():
         # Labeler's own earlier value is the guard: still exactly one record.
-        assert repo.write_target(session, target, "ab1", {"breed": "Boxer"}, {"breed": "Beagle"})
-        assert repo.write_target(session, target, "Ab1", {"breed": "Pug"}, None) == 1
+        earlier = {"breed": "Beagle"}
+        assert shelter_sql.write_target(session, target, "ab1", {"breed": "Boxer"}, earlier)
+        assert shelter_sql.write_target(session, target, "Ab1", {"breed": "Pug"}, None) == 1
         # 'aB1' is no animal: nothing is written, though the column's collation matches four.
-        assert repo.write_target(session, target, "aB1", {"breed": "Pug"}, None) == 0
-        assert repo.try_write_target(session, target, "aB1", {"breed": "Pug"}) == 0
+        assert shelter_sql.write_target(session, target, "aB1", {"breed": "Pug"}, None) == 0
+        assert shelter_sql.try_write_target(session, target, "aB1", {"breed": "Pug"}) == 0
     assert _records(engine) == {**TARGET_KEYS, "ab1": "Boxer", "Ab1": "Pug"}
     with Session(engine) as session:
-        assert repo.read_targets(session, target, ["ab1", "AB1", "aB1"]) == {
+        assert shelter_sql.read_targets(session, target, ["ab1", "AB1", "aB1"]) == {
             "ab1": {"breed": "Boxer"},
             "AB1": {"breed": "Poodle"},
         }
     with Session(engine) as session:
         # `labeler check`'s trial write (rolled back): one record, the one with that key.
-        assert repo.try_write_target(session, target, "ab1 ", {"breed": "Pug"}) == 1
+        assert shelter_sql.try_write_target(session, target, "ab1 ", {"breed": "Pug"}) == 1
         session.rollback()
     engine.dispose()
 

@@ -150,13 +150,13 @@ def _source_write_back(src: Any, engine: Any) -> str:
     here, not as a failure of every row."""
     from sqlalchemy.orm import Session
 
-    from labeler.store import repository as repo
+    from labeler.store import shelter_sql
     from labeler.store.engine import short_error
 
     with engine.connect() as conn:
         transaction = conn.begin()
         try:
-            tried = repo.try_source_write_back(Session(bind=conn), src)
+            tried = shelter_sql.try_source_write_back(Session(bind=conn), src)
         except Exception as exc:
             raise RuntimeError(
                 f"LABELER_WRITEBACK_BREED_COLUMN={src.writeback_breed_column!r}: the write-back "

@@ -1,15 +1,15 @@
-"""Every SQL statement the labeler runs against its own tables and the association's source.
-(Elsewhere only: the per-connection SQLite pragmas in ``db``, schema changes in ``migrations/``
-through Alembic, reflection of the source in ``source``, and the demo's sample shelter in
-``demo_shelter``.) Functions take a session and never commit: the caller frames the
-transaction. All values are bound parameters; the only names in SQL text are the validated
-identifiers of the configured source."""
+"""The statements labeler runs against its own tables, and its reads of the shelter's source.
+(Elsewhere: every write to the shelter's tables in ``shelter_sql``, the key comparisons in
+``keys``, the per-connection SQLite pragmas in ``engine``, schema changes in ``migrations/``
+through Alembic, reflection of the source in ``labeler.shelter.source``, and the demo's sample
+shelter in ``labeler.demo.shelter``.) Functions take a session and never commit: the caller
+frames the transaction. All values are bound parameters; the only names in SQL text are the
+validated identifiers of the configured source."""
 
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,17 +29,13 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    collate,
     delete,
     exists,
-    false,
     func,
     literal,
     null,
     or_,
     select,
-    text,
-    type_coerce,
     update,
 )
 from sqlalchemy import String as SAString
@@ -47,13 +43,21 @@ from sqlalchemy import Table as SATable
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
-from sqlalchemy.types import NullType
 
 from labeler.core.domain import Outcome, Prediction, RunStatus, SaveCounts, SourceRow
 from labeler.decide.decision import CalibratedThreshold
 from labeler.decide.thresholds import VersionCounts
 from labeler.shelter.source import Source
 from labeler.store.engine import BINARY_RESULTS, is_transient, short_error
+from labeler.store.keys import (
+    chunks,
+    id_text,
+    is_text,
+    same_keys,
+    source_filter,
+    source_key_values,
+    typed_value,
+)
 from labeler.store.schema import (
     FAILED,
     GONE,
@@ -63,12 +67,12 @@ from labeler.store.schema import (
     PENDING,
     REVIEWED,
     STATUSES,
-    exact_collation,
     group,
     photo,
     run,
     threshold,
 )
+from labeler.store.shelter_sql import write_source_breed
 
 ERROR_MAX = 1000
 
@@ -88,108 +92,6 @@ def storable(text: str | None, limit: int) -> str | None:
 # --- discovery --------------------------------------------------------------------------------
 
 
-def _source_filter(source: Source, *, staff_breed: bool = True) -> list[ColumnElement[bool]]:
-    conditions: list[ColumnElement[bool]] = []
-    if source.filter_column and source.filter_values:
-        column = source.table.c[source.filter_column]
-        conditions.append(column.in_([_typed(column, v) for v in source.filter_values]))
-    if source.writeback_breed_column and staff_breed:
-        # A breed already typed into the association's own column means a human named it.
-        conditions.append(source.table.c[source.writeback_breed_column].is_(None))
-    return conditions
-
-
-def _id_text(session: Session, value: Any) -> ColumnElement[Any]:
-    """A source value as the text of labeler's id columns, compared byte for byte: on MariaDB
-    in a binary no-pad collation whatever the source column's (an explicit COLLATE also
-    avoids "Illegal mix of collations" against a case-insensitive source column)."""
-    dialect = session.get_bind().dialect
-    if dialect.name in ("mysql", "mariadb"):
-        return collate(cast(value, mysql.CHAR(charset="utf8mb4")), exact_collation(dialect))
-    return cast(value, SAString())
-
-
-def _is_text(column: Any) -> bool:
-    try:
-        return column.type.python_type is str
-    except NotImplementedError:
-        return False
-
-
-def _exact_text(session: Session, column: Any) -> ColumnElement[Any]:
-    """A text key as compared byte for byte, whatever the column's own collation: MariaDB's
-    default collation, PostgreSQL's citext or a nondeterministic collation, and SQLite's
-    COLLATE NOCASE would all match 'Rex-1' for 'rex-1' (and MariaDB 'Rex-1 ' too)."""
-    dialect = session.get_bind().dialect.name
-    if dialect in ("mysql", "mariadb"):
-        return _id_text(session, column)
-    if dialect == "postgresql":
-        return collate(cast(column, Text()), "C")
-    return collate(column, "BINARY")  # SQLite: an explicit COLLATE wins over the column's
-
-
-def _source_key_values(session: Session, source: Source, photo_id: str) -> list[Any]:
-    """The values to look labeler's text id up by in the source's id column: the id in the
-    column's own type (the key's index is used), none when it cannot be (the row can no
-    longer be there). SQLite stores each value with its own type whatever the column's
-    affinity: an INTEGER column may hold '12abc' or 1.5, and an untyped one 1 beside '1'.
-    There the text itself is looked up (the column's affinity converts it as it converted the
-    stored value), with its integer and real readings for a column without affinity; the
-    caller keeps only rows whose id reads back as exactly this text."""
-    if session.get_bind().dialect.name == "sqlite":
-        values: list[Any] = [photo_id]
-        with suppress(ValueError):
-            values.append(int(photo_id))
-        try:
-            number = float(photo_id)
-        except ValueError:
-            pass
-        else:
-            if number == number and number not in values:  # NaN matches nothing
-                values.append(number)
-        return values
-    try:
-        return [source.id_value(photo_id)]
-    except ValueError:
-        return []
-
-
-def _key_column(session: Session, column: Any) -> Any:
-    """The key column for comparisons against :func:`_source_key_values`: on SQLite its
-    values are bound as they are (text, integer or real), never converted by the column's
-    SQLAlchemy type first."""
-    if session.get_bind().dialect.name == "sqlite":
-        return type_coerce(column, NullType())
-    return column
-
-
-def _same_source_key(session: Session, source: Source, photo_id: str) -> list[ColumnElement[bool]]:
-    """The source row whose id is exactly labeler's ``photo_id`` (see :func:`_same_key`)."""
-    values = _source_key_values(session, source, photo_id)
-    if not values:
-        return [false()]
-    return _same_keys(session, source.id, values, [photo_id])
-
-
-def _same_key(session: Session, column: Any, value: Any, text: str) -> list[ColumnElement[bool]]:
-    """The source (or target) row whose key is exactly labeler's id ``text``: the plain
-    comparison (it uses the key's index), and for a text key the exact one too."""
-    conditions: list[ColumnElement[bool]] = [column == value]
-    if _is_text(column):
-        conditions.append(_exact_text(session, column) == text)
-    return conditions
-
-
-def _same_keys(
-    session: Session, column: Any, values: Sequence[Any], texts: Sequence[str]
-) -> list[ColumnElement[bool]]:
-    """:func:`_same_key` for many keys at once (``values[i]`` is ``texts[i]`` as typed)."""
-    conditions: list[ColumnElement[bool]] = [_key_column(session, column).in_(list(values))]
-    if _is_text(column):
-        conditions.append(_exact_text(session, column).in_(list(texts)))
-    return conditions
-
-
 def _char_length(session: Session, text: ColumnElement[Any]) -> ColumnElement[int]:
     if session.get_bind().dialect.name == "sqlite":
         return func.length(text)  # characters for text; SQLite has no char_length
@@ -199,9 +101,9 @@ def _char_length(session: Session, text: ColumnElement[Any]) -> ColumnElement[in
 def _ids_fit(session: Session, source: Source) -> tuple[ColumnElement[bool], ...]:
     """The row's id (and group value) fit labeler's id columns: longer ones are never cut
     (two ids sharing a 255-character prefix would become one row)."""
-    fits = [_char_length(session, _id_text(session, source.id)) <= ID_LENGTH]
+    fits = [_char_length(session, id_text(session, source.id)) <= ID_LENGTH]
     if source.group is not None:
-        fits.append(_char_length(session, _id_text(session, source.group)) <= ID_LENGTH)
+        fits.append(_char_length(session, id_text(session, source.group)) <= ID_LENGTH)
     return tuple(fits)
 
 
@@ -231,13 +133,13 @@ class RefusedIds:
 
 def refused_ids(session: Session, source: Source) -> RefusedIds:
     """Count the rows the filter matches whose id or group value is too long to register."""
-    base = [source.id.is_not(None), *_source_filter(source)]
+    base = [source.id.is_not(None), *source_filter(source)]
     if source.group is not None:
         base.append(source.group.is_not(None))
-    too_long = _char_length(session, _id_text(session, source.id)) > ID_LENGTH
+    too_long = _char_length(session, id_text(session, source.id)) > ID_LENGTH
     group_long: ColumnElement[bool] = literal(False)
     if source.group is not None:
-        group_long = _char_length(session, _id_text(session, source.group)) > ID_LENGTH
+        group_long = _char_length(session, id_text(session, source.group)) > ID_LENGTH
     fits = and_(~too_long, ~group_long)
     # One scan: rows that fit are counted out cheaply, the rest split by what is too long.
     long_ids, long_groups = session.execute(
@@ -259,7 +161,7 @@ def discover(session: Session, source: Source, now: datetime) -> int:
     case included) on every server; rows whose id or group value is longer than labeler's
     columns are left out, never cut (see :func:`refused_ids`, which counts them).
     """
-    photo_id = _id_text(session, source.id)
+    photo_id = id_text(session, source.id)
     already = exists().where(photo.c.photo_id == photo_id)
     columns: list[Any] = [
         photo_id,
@@ -270,9 +172,9 @@ def discover(session: Session, source: Source, now: datetime) -> int:
     ]
     names = ["photo_id", "status", "discovered_at", "updated_at", "source_name"]
     conditions = [~already, source.id.is_not(None), *_ids_fit(session, source)]
-    conditions += _source_filter(source)
+    conditions += source_filter(source)
     if source.group is not None:
-        columns.append(_id_text(session, source.group))
+        columns.append(id_text(session, source.group))
         names.append("group_id")
         conditions.append(source.group.is_not(None))
     query = select(*columns).where(*conditions)
@@ -482,7 +384,7 @@ def fetch_rows(
     Each row is keyed by its id as discovery wrote it, and matched exactly: a source id
     column that ignores letter case would also answer 'Rex-1' for 'rex-1'. A group value
     that grew longer than labeler's columns since discovery fails the photo (never cut)."""
-    values = [v for pid in photo_ids for v in _source_key_values(session, source, pid)]
+    values = [v for pid in photo_ids for v in source_key_values(session, source, pid)]
     if not values:
         return {}
     size: ColumnElement[Any] = null()
@@ -490,14 +392,14 @@ def fetch_rows(
     if limit is not None:
         size = _stored_size(session, source.image)
         image = case((size <= limit.stored_max(), source.image), else_=None)
-    columns: list[Any] = [_id_text(session, source.id), image, size]
+    columns: list[Any] = [id_text(session, source.id), image, size]
     if source.group is not None:
-        columns.append(_id_text(session, source.group))
+        columns.append(id_text(session, source.group))
     columns += [_as_text(session, source.table.c[c]) for c in source.context_columns]
     if source.change is not None:
         columns.append(change_marker(session, source.change))
-    conditions = _same_keys(session, source.id, values, list(photo_ids))
-    conditions += _source_filter(source, staff_breed=False)
+    conditions = same_keys(session, source.id, values, list(photo_ids))
+    conditions += source_filter(source, staff_breed=False)
     if source.group is not None:
         conditions.append(source.group.is_not(None))
     wanted = set(photo_ids)
@@ -540,7 +442,7 @@ _MARKER_TEXT = 253
 def change_marker(session: Session, column: Any) -> ColumnElement[Any]:
     """LABELER_SOURCE_CHANGE_COLUMN's value as labeler_photo.change_marker holds it, computed
     by the server: the same text whether it is read with a photo or compared in bulk."""
-    text_value = func.substr(_id_text(session, column), 1, _MARKER_TEXT, type_=SAString())
+    text_value = func.substr(id_text(session, column), 1, _MARKER_TEXT, type_=SAString())
     return func.coalesce(
         literal("v:", SAString(2)) + text_value, literal(NO_MARKER, SAString(1)), type_=SAString()
     )
@@ -563,18 +465,18 @@ def requeue_changed(session: Session, source: Source, now: datetime) -> tuple[in
     rows = session.execute(
         select(photo.c.photo_id, photo.c.change_marker, marker)
         .select_from(source.table)
-        .join(photo, photo.c.photo_id == _id_text(session, source.id))
+        .join(photo, photo.c.photo_id == id_text(session, source.id))
         .where(
             photo.c.status.in_(_DONE),
             photo.c.reviewed_breed.is_(None),
             photo.c.claimed_by.is_(None),
             or_(photo.c.change_marker.is_(None), photo.c.change_marker != marker),
-            *_source_filter(source, staff_breed=False),
+            *source_filter(source, staff_breed=False),
         )
     ).all()
     changed = sorted({str(r[0]) for r in rows if r[1] is not None})
     unrecorded = {str(r[0]): str(r[2]) for r in rows if r[1] is None}
-    for chunk in _chunks(changed):
+    for chunk in chunks(changed):
         session.execute(
             update(photo)
             .where(
@@ -643,11 +545,11 @@ def sweep_source(session: Session, source: Source, now: datetime) -> Swept:
     }
     if not ours:
         return Swept()
-    columns: list[Any] = [_id_text(session, source.id)]
+    columns: list[Any] = [id_text(session, source.id)]
     # The rows fetch_rows would return: the filter, and an animal to give the breed to.
-    conditions = [source.id.is_not(None), *_source_filter(source, staff_breed=False)]
+    conditions = [source.id.is_not(None), *source_filter(source, staff_breed=False)]
     if source.group is not None:
-        columns.append(_id_text(session, source.group))
+        columns.append(id_text(session, source.group))
         conditions.append(source.group.is_not(None))
     moved: dict[str, tuple[str | None, str]] = {}
     back: list[str] = []
@@ -668,13 +570,13 @@ def sweep_source(session: Session, source: Source, now: datetime) -> Swept:
                 moved[key] = (old_group, new_group)
     vanished = sorted(k for k, (_, status) in ours.items() if status in _DONE)
     free = (photo.c.reviewed_breed.is_(None), photo.c.claimed_by.is_(None))
-    for chunk in _chunks(vanished):
+    for chunk in chunks(vanished):
         session.execute(
             update(photo)
             .where(photo.c.photo_id.in_(list(chunk)), photo.c.status.in_(_DONE), *free)
             .values(status=GONE, last_error=VANISHED_REASON, updated_at=now)
         )
-    for chunk in _chunks(sorted(back)):
+    for chunk in chunks(sorted(back)):
         session.execute(
             update(photo)
             .where(photo.c.photo_id.in_(list(chunk)), photo.c.status == GONE, *free)
@@ -911,7 +813,7 @@ def _save_one(
     if not result.rowcount:  # type: ignore[attr-defined]
         return "lost"
     if outcome.status == LABELLED and outcome.prediction is not None:
-        _write_back(session, source, outcome, previous_breed)
+        write_source_breed(session, source, outcome, previous_breed)
     return outcome.status
 
 
@@ -967,24 +869,6 @@ def _prediction_columns(prediction: Prediction) -> dict[str, Any]:
         else:
             columns[breed_col], columns[conf_col] = None, None
     return columns
-
-
-def _write_back(
-    session: Session, source: Source, outcome: Outcome, previous_breed: str | None
-) -> None:
-    """Copy an auto-accepted breed into the association's own columns, never over a value
-    that someone other than the labeler wrote."""
-    if not source.writeback_breed_column or outcome.prediction is None:
-        return
-    breed_col = source.table.c[source.writeback_breed_column]
-    values: dict[str, Any] = {breed_col.key: outcome.prediction.label}
-    if source.writeback_confidence_column:
-        values[source.writeback_confidence_column] = outcome.prediction.confidence
-    untouched: ColumnElement[bool] = breed_col.is_(None)
-    if previous_breed is not None:
-        untouched = or_(untouched, breed_col == previous_breed)
-    same_row = _same_source_key(session, source, outcome.photo_id)
-    session.execute(update(source.table).where(*same_row, untouched).values(**values))
 
 
 # --- runs -------------------------------------------------------------------------------------
@@ -1215,15 +1099,6 @@ def failed_rows(session: Session, limit: int = 20) -> list[dict[str, Any]]:
 def recent_runs(session: Session, limit: int = 5) -> list[dict[str, Any]]:
     rows = session.execute(select(run).order_by(run.c.id.desc()).limit(limit))
     return [dict(r) for r in rows.mappings()]
-
-
-def _typed(column: Any, value: str) -> Any:
-    try:
-        if column.type.python_type is int:
-            return int(value)
-    except (NotImplementedError, ValueError):
-        pass
-    return value
 
 
 # --- audits, measured precision, calibrated thresholds ----------------------------------------
@@ -1479,24 +1354,17 @@ def filter_matches(session: Session, source: Source) -> tuple[bool, bool]:
     if not (source.filter_column and source.filter_values):
         return has_rows, has_rows
     column = source.table.c[source.filter_column]
-    wanted = column.in_([_typed(column, v) for v in source.filter_values])
+    wanted = column.in_([typed_value(column, v) for v in source.filter_values])
     return has_rows, session.scalar(first.where(wanted)) is not None
 
 
 # --- animals, the write-back target, `labeler check` ------------------------------------------
 
-_CHUNK = 500
-
-
-def _chunks(items: Sequence[str], size: int = _CHUNK) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
 
 def mark_groups_pending(session: Session, group_ids: Iterable[str], now: datetime) -> None:
     """Animals whose photos changed are decided again, unless a person decided them."""
     ids = sorted(set(group_ids))
-    for chunk in _chunks(ids):
+    for chunk in chunks(ids):
         have = set(session.scalars(select(group.c.group_id).where(group.c.group_id.in_(chunk))))
         new = [
             {"group_id": g, "status": PENDING, "discovered_at": now, "updated_at": now}
@@ -1612,177 +1480,6 @@ def reviewed_groups(session: Session, limit: int, max_attempts: int = 3) -> list
     return [dict(r) for r in rows.mappings()]
 
 
-def read_targets(
-    session: Session, target: Any, group_ids: Sequence[str]
-) -> dict[str, dict[str, str | None]]:
-    """The target rows' current breed values as text, keyed by group id."""
-    from labeler.store.writeback import TargetValueError, as_text
-
-    by_key: dict[Any, str] = {}
-    for gid in group_ids:
-        try:
-            by_key[target.key_value(gid)] = gid
-        except TargetValueError:
-            continue
-    out: dict[str, dict[str, str | None]] = {}
-    columns = [target.table.c[c] for c in target.columns]
-    for chunk in _chunks(list(by_key)):
-        same = _same_keys(session, target.key, chunk, [by_key[k] for k in chunk])
-        rows = session.execute(select(target.key, *columns).where(*same))
-        for row in rows:
-            gid = by_key.get(row[0], as_text(row[0]) or "")
-            out[gid] = {c: as_text(v) for c, v in zip(target.columns, row[1:], strict=True)}
-    return out
-
-
-class NotOneRecord(ValueError):
-    """A write-back statement matched more than one record: the target key is not unique."""
-
-
-def _one_record(
-    session: Session, target: Any, group_id: str, statement: Any, *, nested: bool = True
-) -> int:
-    """Run an UPDATE meant for one record; more than one matched is undone and refused.
-
-    A key that is not unique (a view over a join, a column staff thought was an id) would
-    otherwise put one animal's breed on several records. The savepoint puts them back even if
-    a caller goes on with the transaction.
-    """
-    savepoint = session.begin_nested() if nested else None
-    try:
-        result = session.execute(statement, execution_options={"preserve_rowcount": True})
-    except Exception:
-        # Back to before the statement, so a caller may record why and go on (PostgreSQL
-        # refuses any statement after an error until then).
-        if savepoint is not None and savepoint.is_active:
-            savepoint.rollback()
-        raise
-    changed = int(result.rowcount or 0)  # type: ignore[attr-defined]
-    if changed > 1:
-        if savepoint is not None:
-            savepoint.rollback()
-        raise NotOneRecord(
-            f"{changed} {target.table.name} records have {target.key_column} = {group_id!r}: "
-            "LABELER_TARGET_KEY_COLUMN must name a unique key of LABELER_TARGET_TABLE; "
-            "nothing was written"
-        )
-    if savepoint is not None:
-        savepoint.commit()
-    return changed
-
-
-def write_target(
-    session: Session,
-    target: Any,
-    group_id: str,
-    values: Mapping[str, str],
-    last_written: Mapping[str, str] | None,
-) -> int:
-    """Set the breed on the animal's record, in ONE statement guarded by what the record holds:
-    the undecided values or exactly what labeler wrote last. 0: someone else decided. Changes
-    at most one record (:class:`NotOneRecord` otherwise)."""
-    table = target.table
-    undecided = target.typed(target.undecided)
-    allowed = [and_(*[table.c[c] == v for c, v in undecided.items()])]
-    if last_written:
-        allowed.append(and_(*[table.c[c] == v for c, v in target.typed(last_written).items()]))
-    statement = (
-        update(table)
-        .where(*_same_key(session, target.key, target.key_value(group_id), group_id))
-        .where(or_(*allowed))
-        .values(**target.typed(values), **_stamps(target))
-    )
-    return _one_record(session, target, group_id, statement)
-
-
-def _stamps(target: Any) -> dict[str, Any]:
-    """LABELER_TARGET_STAMP as SET clauses: the database's own clock for `now` (a function,
-    not a time labeler formats), the column plus one for `increment`, bound values otherwise.
-    Only columns the guard never compares, so a stamp cannot look like a staff change."""
-    from labeler.store.writeback import STAMP_INCREMENT, STAMP_NOW
-
-    out: dict[str, Any] = {}
-    for name, value in target.typed_stamps().items():
-        column = target.table.c[name]
-        if value == STAMP_NOW:
-            out[name] = func.current_timestamp()
-        elif value == STAMP_INCREMENT:
-            out[name] = func.coalesce(column, 0) + 1
-        else:
-            # Text for a date or number column goes as text: the database converts it.
-            kind = None if isinstance(value, str) else column.type
-            out[name] = bindparam(f"stamp_{name}", value, type_=kind)
-    return out
-
-
-@contextmanager
-def lock_timeout(session: Session, seconds: int | None) -> Iterator[None]:
-    """Within this block, a statement that waits longer than ``seconds`` for a lock another
-    session holds fails instead of waiting (PostgreSQL: for the rest of the transaction, which
-    labeler ends right after; MariaDB: the session's setting, put back afterwards). SQLite locks
-    the whole database at BEGIN: its busy timeout is set there, see
-    :data:`labeler.store.engine.BUSY_TIMEOUT_MS`."""
-    dialect = session.get_bind().dialect.name
-    if seconds is None or dialect not in ("postgresql", "mysql", "mariadb"):
-        yield
-        return
-    if dialect == "postgresql":
-        # is_local: ends with the transaction, also when the transaction fails.
-        session.execute(select(func.set_config("lock_timeout", f"{int(seconds) * 1000}", True)))
-        yield
-        return
-    before = session.scalar(text("SELECT @@SESSION.innodb_lock_wait_timeout"))
-    session.execute(
-        text("SET SESSION innodb_lock_wait_timeout = :seconds"), {"seconds": int(seconds)}
-    )
-    failed = False
-    try:
-        yield
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        try:
-            session.execute(
-                text("SET SESSION innodb_lock_wait_timeout = :seconds"),
-                {"seconds": int(before or 50)},
-            )
-        except Exception:
-            # The connection itself went away: the original error says why; a new
-            # connection starts with the server's default.
-            if not failed:
-                raise
-
-
-def duplicate_target_key(session: Session, target: Any) -> tuple[Any, int] | None:
-    """A key value that more than one target record holds, with its count; None if unique."""
-    key = target.key
-    row = session.execute(
-        select(key, func.count().label("n"))
-        .where(key.is_not(None))
-        .group_by(key)
-        .having(func.count() > 1)
-        .limit(1)
-    ).first()
-    return None if row is None else (row[0], int(row[1]))
-
-
-def undecided_record_count(session: Session, target: Any) -> int:
-    """How many target records hold the undecided values (LABELER_TARGET_UNDECIDED)."""
-    table = target.table
-    undecided = target.typed(target.undecided)
-    if not undecided:
-        return 0
-    return int(
-        session.scalar(
-            select(func.count())
-            .select_from(table)
-            .where(*[table.c[c] == v for c, v in undecided.items()])
-        )
-        or 0
-    )
-
-
 def written_group_count(session: Session) -> int:
     """How many animals labeler has written a breed for."""
     return int(
@@ -1824,14 +1521,14 @@ def group_status_counts(session: Session) -> dict[str, int]:
 def count_source_rows(session: Session, source: Source) -> tuple[int, int | None]:
     """Rows the filter matches, and (for a text filter) how many match ignoring letter case:
     MariaDB's default collation ignores case, PostgreSQL and SQLite do not."""
-    conditions = [source.id.is_not(None), *_source_filter(source, staff_breed=False)]
+    conditions = [source.id.is_not(None), *source_filter(source, staff_breed=False)]
     if source.group is not None:
         conditions.append(source.group.is_not(None))
     exact = int(session.scalar(select(func.count()).where(*conditions)) or 0)
     if not (source.filter_column and source.filter_values):
         return exact, None
     column = source.table.c[source.filter_column]
-    if not _is_text(column):
+    if not is_text(column):
         return exact, None
     folded = func.lower(cast(column, SAString(255))).in_([v.lower() for v in source.filter_values])
     others = [source.id.is_not(None)]
@@ -1847,28 +1544,10 @@ def some_group_key(session: Session, source: Source) -> str | None:
         return None
     value = session.scalar(
         select(source.group)
-        .where(source.group.is_not(None), *_source_filter(source, staff_breed=False))
+        .where(source.group.is_not(None), *source_filter(source, staff_breed=False))
         .limit(1)
     )
     return None if value is None else str(value)
-
-
-def try_source_write_back(session: Session, source: Source) -> str | None:
-    """The per-photo write-back statement on one source row, for `labeler check` (which rolls
-    it back); the id of the row it was tried on, or None when the source has no row."""
-    if not source.writeback_breed_column:
-        return None
-    photo_id = session.scalar(select(source.id).where(*_source_filter(source)).limit(1))
-    if photo_id is None:
-        return None
-    values: dict[str, Any] = {source.writeback_breed_column: "beagle"}
-    if source.writeback_confidence_column:
-        values[source.writeback_confidence_column] = 0.5
-    key = str(photo_id)
-    session.execute(
-        update(source.table).where(*_same_source_key(session, source, key)).values(**values)
-    )
-    return key
 
 
 def group_rows(session: Session, limit: int = 500) -> list[dict[str, Any]]:
@@ -1944,15 +1623,3 @@ def filter_value_counts(session: Session, source: Source) -> dict[str, int]:
         text_value = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
         out[text_value] = out.get(text_value, 0) + int(count)
     return out
-
-
-def try_write_target(
-    session: Session, target: Any, group_id: str, values: Mapping[str, str]
-) -> int:
-    """The write-back statement on one record, for `labeler check` (which rolls it back)."""
-    statement = (
-        update(target.table)
-        .where(*_same_key(session, target.key, target.key_value(group_id), group_id))
-        .values(**target.typed(values), **_stamps(target))
-    )
-    return _one_record(session, target, group_id, statement, nested=False)

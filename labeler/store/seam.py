@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from labeler.core.domain import Outcome, SaveCounts, SourceRow
 from labeler.shelter.source import Source, SourceError
 from labeler.store import repository as repo
+from labeler.store import shelter_sql
 from labeler.store.engine import (
     BUSY_TIMEOUT_MS,
     READ_ONLY,
@@ -413,7 +414,7 @@ class SqlStore:
 
         def guarded(session: Session) -> T:
             try:
-                with repo.lock_timeout(session, timeout):
+                with shelter_sql.lock_timeout(session, timeout):
                     return fn(session)
             except DBAPIError as exc:
                 if not is_lock_timeout(exc):
@@ -431,7 +432,7 @@ class SqlStore:
             what,
             guarded,
             TargetValueError,
-            repo.NotOneRecord,
+            shelter_sql.NotOneRecord,
             sessions=self.target_sessions,
         )
 

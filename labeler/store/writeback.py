@@ -21,15 +21,17 @@ from labeler.decide.audit import is_audit
 from labeler.decide.decision import Thresholds
 from labeler.decide.grouping import decide_group, parse_scores
 from labeler.decide.thresholds import GroupVerdict
-from labeler.shelter.breedmap import value_text
 from labeler.shelter.source import SourceError, reflect_table
 from labeler.store import repository as repo
+from labeler.store import shelter_sql
 from labeler.store.engine import short_error, source_error_kind
 from labeler.store.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, PENDING, REVIEWED
-
-
-class TargetValueError(ValueError):
-    """A breed-map or undecided value does not fit the target column's type."""
+from labeler.store.shelter_sql import (
+    STAMP_INCREMENT,
+    STAMP_NOW,
+    STAMP_WORDS,
+    TargetValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,6 @@ class Target:
 
 # Stamp values that are not written as given: the database's current timestamp, and the
 # column's value plus one (a version that must change on every save).
-STAMP_NOW, STAMP_INCREMENT = "now", "increment"
-STAMP_WORDS = frozenset({STAMP_NOW, STAMP_INCREMENT})
 
 
 def _convert(column: Column[Any], value: str) -> Any:
@@ -94,11 +94,6 @@ def _convert(column: Column[Any], value: str) -> Any:
             f"value {value!r} does not fit column {column.name} ({column.type})"
         ) from exc
     return value
-
-
-def as_text(value: object) -> str | None:
-    """A target value as the breed map writes it, for comparisons in Python; None stays."""
-    return None if value is None else value_text(value)
 
 
 def values_json(values: Mapping[str, str] | None) -> str | None:
@@ -261,10 +256,10 @@ def _write(
     values: Mapping[str, str],
     last_written: Mapping[str, str] | None,
 ) -> int:
-    """:func:`repo.write_target`, a missing privilege told apart from a refused value: that
+    """:func:`shelter_sql.write_target`, a missing privilege told apart from a refused value: that
     is no fault of the animal's, and the same for every animal until the grant is back."""
     try:
-        return repo.write_target(session, target, group_id, values, last_written)
+        return shelter_sql.write_target(session, target, group_id, values, last_written)
     except DBAPIError as exc:
         if source_error_kind(exc) != "privilege":
             raise
@@ -413,7 +408,7 @@ def settle_group(
         "last_error": None,
     }
     if target is not None:
-        current = repo.read_targets(session, target, [group_id]).get(group_id)
+        current = shelter_sql.read_targets(session, target, [group_id]).get(group_id)
         written = parse_values(row["written_values"])
         if current is None:
             # Nobody can review an animal the shelter no longer has (deleted, or merged into
@@ -445,7 +440,7 @@ def settle_group(
 
 
 def _staff_or_gone(session: Session, target: Target, group_id: str, now: datetime) -> str:
-    current = repo.read_targets(session, target, [group_id]).get(group_id)
+    current = shelter_sql.read_targets(session, target, [group_id]).get(group_id)
     if current is None:
         return _record_gone(session, target, group_id, now)
     return _record_staff(session, group_id, current, now)
@@ -521,7 +516,7 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
         if not rows:
             return found
         after = str(rows[-1]["group_id"])
-        current = repo.read_targets(session, target, [str(r["group_id"]) for r in rows])
+        current = shelter_sql.read_targets(session, target, [str(r["group_id"]) for r in rows])
         for r in rows:
             values = current.get(str(r["group_id"]))
             if values is None:
@@ -537,7 +532,7 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
             # with the row locked and the record read afresh.
             gid = str(r["group_id"])
             fresh = repo.get_group(session, gid, lock=True)
-            values = repo.read_targets(session, target, [gid]).get(gid)
+            values = shelter_sql.read_targets(session, target, [gid]).get(gid)
             if fresh is None or fresh["staff_values"] or values is None:
                 continue
             if _undecided(target, values) or same_values(
@@ -556,7 +551,7 @@ def _gone_if_still_open(session: Session, target: Target, group_id: str, now: da
         fresh is None
         or fresh["status"] in (REVIEWED, GONE)
         or fresh["staff_values"]
-        or repo.read_targets(session, target, [group_id]).get(group_id) is not None
+        or shelter_sql.read_targets(session, target, [group_id]).get(group_id) is not None
     ):
         return
     _record_gone(session, target, group_id, now)
@@ -596,7 +591,7 @@ def apply_review(
             now,
         )
     written = parse_values(row["written_values"])
-    current = repo.read_targets(session, target, [group_id]).get(group_id)
+    current = shelter_sql.read_targets(session, target, [group_id]).get(group_id)
     if current is None:
         return _record_gone(session, target, group_id, now)
     if not (
@@ -747,7 +742,7 @@ def check_target(session: Session, source: Any, target: Target) -> str:
         shown = ", ".join(unmapped[:5]) + (", ..." if len(unmapped) > 5 else "")
         note = f"; warning: {len(unmapped)} labels have no breed-map entry ({shown}): their "
         note += "animals always go to review"
-    duplicate = repo.duplicate_target_key(session, target)
+    duplicate = shelter_sql.duplicate_target_key(session, target)
     if duplicate is not None:
         value, count = duplicate
         raise CheckFailed(
@@ -757,7 +752,7 @@ def check_target(session: Session, source: Any, target: Target) -> str:
         )
     if (
         target.undecided
-        and repo.undecided_record_count(session, target) == 0
+        and shelter_sql.undecided_record_count(session, target) == 0
         and repo.written_group_count(session) == 0
     ):
         shown = ", ".join(f"{c}={v}" for c, v in target.undecided.items())
@@ -769,8 +764,8 @@ def check_target(session: Session, source: Any, target: Target) -> str:
     key = repo.some_group_key(session, source)
     if key is None or longest is None:
         return f"breed map fits the target columns (no animal to try the write-back on){note}"
-    with repo.lock_timeout(session, target.lock_timeout_seconds):
-        rows = repo.try_write_target(session, target, key, longest)
+    with shelter_sql.lock_timeout(session, target.lock_timeout_seconds):
+        rows = shelter_sql.try_write_target(session, target, key, longest)
     if rows == 0:
         raise CheckFailed(
             f"no {target.table.name} record has {target.key_column} = {key!r}, an animal id "
