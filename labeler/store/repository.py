@@ -1162,26 +1162,7 @@ def staff_decided_photos(session: Session) -> list[dict[str, Any]]:
     """Classified photos whose breed staff decided: on the photo (``reviewed_breed``) or on
     its animal (``reviewed_breed``, or a breed set in the shelter's own UI, ``staff_values``),
     with the model version and its stored top three."""
-    own = session.execute(
-        select(
-            photo.c.photo_id,
-            photo.c.model_version,
-            photo.c.breed,
-            photo.c.confidence,
-            photo.c.breed_2,
-            photo.c.confidence_2,
-            photo.c.breed_3,
-            photo.c.confidence_3,
-            photo.c.reviewed_breed,
-            null().label("group_reviewed_breed"),
-            null().label("staff_values"),
-        ).where(
-            photo.c.model_version.is_not(None),
-            photo.c.breed.is_not(None),
-            photo.c.reviewed_breed.is_not(None),
-        )
-    )
-    by_animal = session.execute(
+    rows = session.execute(
         select(
             photo.c.photo_id,
             photo.c.model_version,
@@ -1195,15 +1176,18 @@ def staff_decided_photos(session: Session) -> list[dict[str, Any]]:
             group.c.reviewed_breed.label("group_reviewed_breed"),
             group.c.staff_values,
         )
-        .select_from(photo.join(group, photo.c.group_id == group.c.group_id))
+        .select_from(photo.outerjoin(group, photo.c.group_id == group.c.group_id))
         .where(
             photo.c.model_version.is_not(None),
             photo.c.breed.is_not(None),
-            photo.c.reviewed_breed.is_(None),
-            or_(group.c.reviewed_breed.is_not(None), group.c.staff_values.is_not(None)),
+            or_(
+                photo.c.reviewed_breed.is_not(None),
+                group.c.reviewed_breed.is_not(None),
+                group.c.staff_values.is_not(None),
+            ),
         )
     )
-    return [dict(r) for r in own.mappings()] + [dict(r) for r in by_animal.mappings()]
+    return [dict(r) for r in rows.mappings()]
 
 
 def group_decided_rows(session: Session) -> list[dict[str, Any]]:
