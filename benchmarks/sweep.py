@@ -1,4 +1,4 @@
-"""What the per-pass sweep costs (labeler.store.repository.sweep_source): one scan of the
+"""What the per-pass sweep costs (labeler.store.discovery.sweep_source): one scan of the
 source's ids and group values against labeler's own rows, no photo value read.
 
     .venv/bin/python benchmarks/sweep.py [--rows 10000] [--repeat 5] [--backend sqlite ...]
@@ -22,8 +22,7 @@ from sqlalchemy import create_engine, text, update
 from sqlalchemy.orm import Session
 
 from labeler.shelter.source import Source, reflect_table
-from labeler.store import migrate
-from labeler.store import repository as repo
+from labeler.store import discovery, migrate
 from labeler.store.engine import utc_now
 from labeler.store.schema import LABELLED, photo
 
@@ -45,19 +44,19 @@ def build(url: str, rows: int) -> Source:
         table = reflect_table(conn, "media", "source", "LABELER_SOURCE_TABLE")
     source = Source(table=table, id_column="id", image_column="p", group_column="pet")
     with Session(engine) as session, session.begin():
-        repo.discover(session, source, utc_now())
+        discovery.discover(session, source, utc_now())
         session.execute(update(photo).values(status=LABELLED))
     engine.dispose()
     return source
 
 
-def timed(url: str, source: Source, repeat: int) -> tuple[float, repo.Swept]:
+def timed(url: str, source: Source, repeat: int) -> tuple[float, discovery.Swept]:
     engine = create_engine(url)
-    times, swept = [], repo.Swept()
+    times, swept = [], discovery.Swept()
     for _ in range(repeat):
         with Session(engine) as session, session.begin():
             t0 = time.perf_counter()
-            swept = repo.sweep_source(session, source, utc_now())
+            swept = discovery.sweep_source(session, source, utc_now())
             times.append((time.perf_counter() - t0) * 1000)
     engine.dispose()
     return statistics.median(times), swept

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, select, text, update
 from labeler.config.settings import Settings
 from labeler.decide.audit import audit_draw, is_audit, should_audit
 from labeler.decide.decision import AUDIT_REASON, Thresholds, decide
-from labeler.decide.thresholds import wilson_interval
+from labeler.decide.thresholds import Interval, wilson_interval
 from labeler.model.artifact import load_artifact
 from labeler.model.classifier import Prediction
 from labeler.service.cli import main
@@ -167,12 +167,22 @@ def test_status_measures_precision_from_reviewed_audits(
     rows, _, _, _ = _state(shelter)
     audits = sorted(pid for pid, r in rows.items() if r.audit == 1)
     doubtful = sorted(pid for pid, r in rows.items() if r.audit == 0 and r.status == NEEDS_REVIEW)
-    assert len(audits) >= 3 and doubtful
+    auto = sorted(pid for pid, r in rows.items() if r.audit == 0 and r.status == LABELLED)
+    assert len(audits) >= 3 and doubtful and len(auto) >= 2
     # Staff confirm all audits but one, and contradict every doubtful row; typing in another
-    # case or with spaces is the same breed.
+    # case or with spaces is the same breed. Of the auto-labels, staff correct one (a certain
+    # mistake, counted against precision) and confirm another.
     wrong = audits[0]
     engine = create_engine(shelter)
     with engine.begin() as conn:
+        conn.execute(
+            update(photo).where(photo.c.photo_id == auto[0]).values(reviewed_breed="Pekinese")
+        )
+        conn.execute(
+            update(photo)
+            .where(photo.c.photo_id == auto[1])
+            .values(reviewed_breed=rows[auto[1]].breed)
+        )
         for pid in audits:
             breed = rows[pid].breed
             answer = "Pekinese-not-a-label" if pid == wrong else f" {breed.upper()} "
@@ -189,11 +199,20 @@ def test_status_measures_precision_from_reviewed_audits(
     assert main(["status"]) == 0
     out = capsys.readouterr().out
     version = load_artifact(tiny_artifact).version
-    expected = wilson_interval(len(audits) - 1, len(audits))
-    assert expected is not None
+    measured = wilson_interval(len(audits) - 1, len(audits))
+    assert measured is not None
+    # The corrected auto-label caps every part of the interval at the uncorrected share.
+    at_most = (len(auto) - 1) / len(auto)
+    expected = Interval(
+        min(measured.estimate, at_most),
+        min(measured.low, at_most),
+        min(measured.high, at_most),
+        measured.n,
+    )
     assert f"precision of auto-labels (from {len(audits)} reviewed audits): " in out
     assert expected.describe() in out
     assert f"model {version}: {len(rows)} rows decided" in out
+    assert f"staff corrected 1 of {len(auto)} auto-labels: precision at most" in out
     review_rate = (len(audits) + len(doubtful)) / len(rows)
     assert f"{review_rate:.1%} sent to review ({len(audits) / len(rows):.1%} as audits)" in out
     assert "decision: review below 0.2000 (model artifact)" in out
@@ -203,6 +222,9 @@ def test_status_measures_precision_from_reviewed_audits(
     report = json.loads(capsys.readouterr().out)
     (quality,) = report["quality"]
     assert quality["model_version"] == version
-    assert quality["precision"]["estimate"] == pytest.approx((len(audits) - 1) / len(audits))
+    assert quality["auto"] == len(auto) and quality["auto_corrected"] == 1
+    assert quality["precision_at_most"] == pytest.approx(at_most)
+    from_audits = (len(audits) - 1) / len(audits)
+    assert quality["precision"]["estimate"] == pytest.approx(min(from_audits, at_most))
     assert quality["doubtful_agreement"]["estimate"] == 0.0
     assert report["threshold"]["source"] == "model artifact"

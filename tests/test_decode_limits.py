@@ -20,6 +20,7 @@ from labeler.photos.decoding import (
     MAX_JPEG_SCANS,
     SIGNATURES,
     Cancelled,
+    DecodeLimits,
     ImageError,
     decode_image,
     image_format,
@@ -144,16 +145,18 @@ def test_time_budget_stops_a_decode_between_chunks(loading: threading.Event) -> 
     assert len(data) > 4 * 16 * 1024  # several chunks of input
     clock = StepClock(0.3, loading)
     with pytest.raises(ImageError) as info:
-        decode_image(data, time_budget=1.0, clock=clock)
+        decode_image(data, DecodeLimits(decode_seconds=1.0), clock=clock)
     assert str(info.value) == "photo took longer than 1 s to decode"
     assert clock.readings_while_loading == 4  # stopped at the 4th chunk, not at the end
 
 
 def test_generous_budget_and_no_budget_decode(loading: threading.Event) -> None:
     data = noisy_png()
-    full = decode_image(data, time_budget=None)
+    full = decode_image(data, DecodeLimits(decode_seconds=None))
     clock = StepClock(1.0, loading)
-    np.testing.assert_array_equal(decode_image(data, time_budget=1e6, clock=clock), full)
+    np.testing.assert_array_equal(
+        decode_image(data, DecodeLimits(decode_seconds=1e6), clock=clock), full
+    )
     assert clock.readings_while_loading > 4
 
 
@@ -171,7 +174,8 @@ def test_stop_request_from_another_thread_ends_a_slow_decode() -> None:
     timer.start()
     try:
         with pytest.raises(Cancelled):
-            decode_image(data, max_scans=10_000, time_budget=None, cancel=stop.is_set)
+            limits = DecodeLimits(max_jpeg_scans=10_000, decode_seconds=None)
+            decode_image(data, limits, cancel=stop.is_set)
     finally:
         timer.cancel()
 
@@ -258,7 +262,7 @@ def test_small_jpeg_and_other_formats_are_decoded_whole() -> None:
 def test_pixel_limit_applies_to_the_declared_size_not_the_reduced_one() -> None:
     data = encode(Image.fromarray(photo(1600, 1200)), "JPEG")
     with pytest.raises(ImageError, match="image declares 1600x1200 pixels"):
-        decode_image(data, max_pixels=1_000_000, target_size=(224, 224))
+        decode_image(data, DecodeLimits(max_pixels=1_000_000), target_size=(224, 224))
 
 
 # --- training decodes with the same decoder --------------------------------------------------

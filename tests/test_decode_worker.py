@@ -19,9 +19,15 @@ from PIL import Image
 
 from labeler.photos import decode_worker
 from labeler.photos.decode_worker import DecodeWorker, WorkerPool, decode_in_child
-from labeler.photos.decoding import ISOLATED_FORMATS, Cancelled, ImageError, decode_image
+from labeler.photos.decoding import (
+    ISOLATED_FORMATS,
+    Cancelled,
+    DecodeLimits,
+    ImageError,
+    decode_image,
+)
 
-MAX_PIXELS = 50_000_000
+LIMITS = DecodeLimits()
 SLOW, CRASH, WHO = b"slow", b"crash", b"who"
 # A stand-in for a decoder stuck in C: long enough that only a kill ends a test in time, short
 # enough that a broken kill fails the test instead of hanging it.
@@ -29,7 +35,7 @@ STUCK_SECONDS = 60.0
 
 
 def scripted_decode(
-    data: bytes, max_pixels: int, target_size: tuple[int, int] | None, max_scans: int
+    data: bytes, limits: DecodeLimits, target_size: tuple[int, int] | None
 ) -> np.ndarray:
     """Runs in the child: stuck for SLOW, dies for CRASH, its pid (after a pause) for WHO, and
     the real decode for anything else."""
@@ -41,7 +47,7 @@ def scripted_decode(
     if data == WHO:
         time.sleep(1.0)  # long enough for the other caller to need a child of its own
         return np.array([os.getpid()])
-    return decode_in_child(data, max_pixels, target_size, max_scans)
+    return decode_in_child(data, limits, target_size)
 
 
 def encode(image: Image.Image, fmt: str, **options: Any) -> bytes:
@@ -108,12 +114,20 @@ def test_worker_decodes_like_in_process(worker: DecodeWorker, name: str) -> None
     data = PHOTOS[name]()
     expected = decode_image(data, isolate=False)
     assert expected.shape == (64, 96, 3)
-    np.testing.assert_array_equal(worker.decode(data, MAX_PIXELS), expected)
+    np.testing.assert_array_equal(worker.decode(data, LIMITS), expected)
 
 
 def test_decode_image_sends_webp_and_tiff_to_a_child() -> None:
     for data in (webp(), PHOTOS["tiff jpeg"]()):
         np.testing.assert_array_equal(decode_image(data), decode_image(data, isolate=False))
+
+
+def test_the_child_leaves_the_time_budget_to_the_parent() -> None:
+    # Run here, not in a child: a budget that would stop any in-process decode at once.
+    out = decode_in_child(webp(), DecodeLimits(decode_seconds=1e-9), None)
+    assert out.shape == (64, 96, 3)
+    with pytest.raises(ImageError, match="over the limit of 1000"):
+        decode_in_child(webp(), DecodeLimits(max_pixels=1000), None)
 
 
 def test_decoder_reasons_come_back_as_image_errors(worker: DecodeWorker) -> None:
@@ -122,7 +136,7 @@ def test_decoder_reasons_come_back_as_image_errors(worker: DecodeWorker) -> None
     with pytest.raises(ImageError) as here:
         decode_image(data, isolate=False)
     with pytest.raises(ImageError) as there:
-        worker.decode(data, MAX_PIXELS)
+        worker.decode(data, LIMITS)
     assert str(there.value) == str(here.value)
     assert "corrupt or truncated" in str(there.value)
 
@@ -136,8 +150,8 @@ class RecordingPool:
     def __init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    def decode(self, data: bytes, max_pixels: int, **kwargs: Any) -> np.ndarray:
-        self.calls.append({"max_pixels": max_pixels, **kwargs})
+    def decode(self, data: bytes, limits: DecodeLimits, **kwargs: Any) -> np.ndarray:
+        self.calls.append({"limits": limits, **kwargs})
         return np.zeros((1, 1, 3), np.uint8)
 
 
@@ -165,13 +179,12 @@ def test_only_uninterruptible_formats_go_to_the_worker(
 ) -> None:
     data = avif() if fmt == "AVIF" else encode(picture(), fmt)
     stop = threading.Event()
-    out = decode_image(data, 10_000, target_size=(32, 32), time_budget=7.0, cancel=stop.is_set)
+    limits = DecodeLimits(max_pixels=10_000, decode_seconds=7.0)
+    out = decode_image(data, limits, target_size=(32, 32), cancel=stop.is_set)
     assert (out.shape == (1, 1, 3)) is isolated
     expected = {
-        "max_pixels": 10_000,
+        "limits": DecodeLimits(max_pixels=10_000, max_jpeg_scans=100, decode_seconds=7.0),
         "target_size": (32, 32),
-        "time_budget": 7.0,
-        "max_scans": 100,
         "cancel": stop.is_set,
     }
     assert recording.calls == ([expected] if isolated else [])
@@ -190,7 +203,7 @@ def test_isolation_can_be_turned_off(recording: RecordingPool) -> None:
 
 def test_pixel_limit_is_checked_before_the_worker(recording: RecordingPool) -> None:
     with pytest.raises(ImageError, match="image declares 96x64 pixels, over the limit of 1000"):
-        decode_image(webp(), 1000)
+        decode_image(webp(), DecodeLimits(max_pixels=1000))
     assert recording.calls == []
 
 
@@ -201,19 +214,19 @@ def test_stuck_decode_is_killed_at_the_budget_and_the_next_photo_decodes(
     worker: DecodeWorker,
 ) -> None:
     data = webp()
-    expected = worker.decode(data, MAX_PIXELS)
+    expected = worker.decode(data, LIMITS)
     stuck = worker.pid
     assert stuck is not None
     with pytest.raises(ImageError) as info:
-        worker.decode(SLOW, MAX_PIXELS, time_budget=0.5)
+        worker.decode(SLOW, DecodeLimits(decode_seconds=0.5))
     assert str(info.value) == "photo took longer than 0.5 s to decode"
     assert worker.pid is None and not is_running(stuck)
-    np.testing.assert_array_equal(worker.decode(data, MAX_PIXELS), expected)
+    np.testing.assert_array_equal(worker.decode(data, LIMITS), expected)
     assert worker.pid not in (None, stuck)  # a fresh child
 
 
 def test_stop_request_kills_a_stuck_decode(worker: DecodeWorker) -> None:
-    worker.decode(webp(), MAX_PIXELS)  # the child is up: the stop lands mid-decode
+    worker.decode(webp(), LIMITS)  # the child is up: the stop lands mid-decode
     stuck = worker.pid
     assert stuck is not None
     stop = threading.Event()
@@ -221,7 +234,7 @@ def test_stop_request_kills_a_stuck_decode(worker: DecodeWorker) -> None:
     timer.start()
     try:
         with pytest.raises(Cancelled):
-            worker.decode(SLOW, MAX_PIXELS, time_budget=None, cancel=stop.is_set)
+            worker.decode(SLOW, DecodeLimits(decode_seconds=None), cancel=stop.is_set)
     finally:
         timer.cancel()
     assert not is_running(stuck)
@@ -229,26 +242,26 @@ def test_stop_request_kills_a_stuck_decode(worker: DecodeWorker) -> None:
 
 def test_crashing_decoder_fails_the_photo_with_its_exit_code(worker: DecodeWorker) -> None:
     with pytest.raises(ImageError) as info:
-        worker.decode(CRASH, MAX_PIXELS)
+        worker.decode(CRASH, LIMITS)
     assert str(info.value) == "the decoder crashed on this photo (exit code 3)"
-    assert worker.decode(webp(), MAX_PIXELS).shape == (64, 96, 3)
+    assert worker.decode(webp(), LIMITS).shape == (64, 96, 3)
 
 
 def test_child_that_died_between_photos_is_replaced(worker: DecodeWorker) -> None:
-    worker.decode(webp(), MAX_PIXELS)
+    worker.decode(webp(), LIMITS)
     idle = worker.pid
     assert idle is not None
     os.kill(idle, 9)
     deadline = time.monotonic() + 60  # only against a hang: the kill lands at once
     while worker.pid is not None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert worker.decode(webp(), MAX_PIXELS).shape == (64, 96, 3)  # not this photo's fault
+    assert worker.decode(webp(), LIMITS).shape == (64, 96, 3)  # not this photo's fault
     assert worker.pid not in (None, idle)
 
 
 def test_close_ends_the_child() -> None:
     own = DecodeWorker()
-    own.decode(webp(), MAX_PIXELS)
+    own.decode(webp(), LIMITS)
     pid = own.pid
     assert pid is not None
     own.close()
@@ -262,7 +275,7 @@ def test_pool_gives_concurrent_callers_their_own_child() -> None:
 
     def call() -> None:
         together.wait()
-        pids.append(int(pool.decode(WHO, MAX_PIXELS)[0]))
+        pids.append(int(pool.decode(WHO, LIMITS)[0]))
 
     threads = [threading.Thread(target=call) for _ in range(2)]
     try:
@@ -271,7 +284,7 @@ def test_pool_gives_concurrent_callers_their_own_child() -> None:
         for thread in threads:
             thread.join(120)
         assert len(set(pids)) == 2
-        pids.append(int(pool.decode(WHO, MAX_PIXELS)[0]))
+        pids.append(int(pool.decode(WHO, LIMITS)[0]))
         assert len(set(pids)) == 2  # idle children are reused
     finally:
         pool.close()

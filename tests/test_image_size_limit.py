@@ -20,9 +20,9 @@ from labeler.service.app import Service
 from labeler.shelter.source import reflect_source
 from labeler.store import migrate
 from labeler.store.engine import make_engine
-from labeler.store.repository import ImageLimit
 from labeler.store.schema import FAILED, LABELLED, NEEDS_REVIEW, photo
 from labeler.store.seam import SqlStore
+from labeler.store.source_rows import ImageLimit
 from tests.helpers import create_photos, png_bytes
 
 LIMIT = 100_000

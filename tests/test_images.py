@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from labeler.photos.decoding import ImageError, decode_image
+from labeler.photos.decoding import DecodeLimits, ImageError, decode_image
 from labeler.photos.fetching import LoaderConfig, detect_kind, load_bytes, load_image
 from tests.helpers import serving_in_thread, without_proxies
 
@@ -422,20 +422,21 @@ def test_decompression_bombs_fail_before_decoding(
     data: bytes, max_pixels: int, expected: str, pixel_loads: list[str]
 ) -> None:
     t0 = time.monotonic()
-    message = error_of(lambda: decode_image(data, max_pixels))
+    message = error_of(lambda: decode_image(data, DecodeLimits(max_pixels=max_pixels)))
     assert message.startswith(expected), message
     assert pixel_loads == [], "pixels were decoded"
     assert time.monotonic() - t0 < 2.0
 
 
 def test_image_at_the_pixel_limit_is_fine() -> None:
-    out = decode_image(encode(rgb_image(RED, (20, 20)), "PNG"), 400)
+    out = decode_image(encode(rgb_image(RED, (20, 20)), "PNG"), DecodeLimits(max_pixels=400))
     assert out.shape == (20, 20, 3)
 
 
 def test_load_image_uses_the_configured_pixel_limit() -> None:
     data = encode(rgb_image(RED, (20, 20)), "PNG")
-    assert "20x20" in error_of(lambda: load_image(data, LoaderConfig(max_pixels=100)))
+    config = LoaderConfig(decode_limits=DecodeLimits(max_pixels=100))
+    assert "20x20" in error_of(lambda: load_image(data, config))
 
 
 # --- base64 and detection --------------------------------------------------------------------

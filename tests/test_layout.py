@@ -11,6 +11,7 @@ import pkgutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import labeler
@@ -59,6 +60,14 @@ def test_layers_contract_names_every_package() -> None:
     contract = text[text.index("[[tool.importlinter.contracts]]") :]
     for name in PACKAGES:
         assert f'"{name}"' in contract, f"{name} is missing from the layers contract"
+
+
+def test_store_contract_names_every_store_module() -> None:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    store = next(c for c in contracts["contracts"] if c.get("containers") == ["labeler.store"])
+    named = {m.strip() for layer in store["layers"] for m in layer.split("|")}
+    modules = {p.stem for p in (ROOT / "labeler" / "store").glob("*.py")} - {"__init__"}
+    assert named == modules, f"not in the store contract: {sorted(modules - named)}"
 
 
 def test_layers_are_kept() -> None:

@@ -13,8 +13,7 @@ from sqlalchemy import Integer, String, insert, select
 
 from labeler.config.settings import Settings, load_settings
 from labeler.shelter.source import SourceError, check_filter_values, reflect_source
-from labeler.store import migrate
-from labeler.store import repository as repo
+from labeler.store import migrate, runs
 from labeler.store.engine import make_engine, session_factory
 from labeler.store.schema import LABELLED, PENDING, photo, run
 from tests.helpers import create_photos
@@ -55,7 +54,7 @@ def _photo(photo_id: str, **values: object) -> dict[str, object]:
 
 def test_runs_of_killed_passes_are_marked_abandoned(db_url: str) -> None:
     engine = _engine(db_url)
-    runs = {
+    planted = {
         # id: (worker, status, started_at)
         1: ("host-a:101", "running", LONG_AGO),  # killed: nothing live, last save long ago
         2: ("host-b:202", "running", LONG_AGO),  # alive: holds an unexpired claim
@@ -67,7 +66,7 @@ def test_runs_of_killed_passes_are_marked_abandoned(db_url: str) -> None:
         8: ("host-h:808 onnxruntime", "running", LONG_AGO),  # worker + runtime; alive
     }
     with session_factory(engine).begin() as s:
-        for run_id, (worker, status, started) in runs.items():
+        for run_id, (worker, status, started) in planted.items():
             s.execute(
                 insert(run).values(
                     id=run_id,
@@ -91,13 +90,13 @@ def test_runs_of_killed_passes_are_marked_abandoned(db_url: str) -> None:
             ],
         )
     with session_factory(engine).begin() as s:
-        abandoned = repo.abandon_dead_runs(s, now=NOW, claim_ttl=TTL)
+        abandoned = runs.abandon_dead_runs(s, now=NOW, claim_ttl=TTL)
     assert sorted(abandoned) == [1, 6, 7]
     with session_factory(engine)() as s:
         rows = {r.id: r for r in s.execute(select(run))}
     for run_id in (1, 6, 7):
         r = rows[run_id]
-        assert r.status == repo.ABANDONED and r.errors == repo.ABANDONED_NOTE
+        assert r.status == runs.ABANDONED and r.errors == runs.ABANDONED_NOTE
         assert (r.labelled, r.failed) == (run_id * 10, 1), "the counts it saved are kept"
     assert rows[1].finished_at == NOW - timedelta(hours=1), "ends at its last sign of life"
     assert rows[7].finished_at == LONG_AGO
@@ -105,7 +104,7 @@ def test_runs_of_killed_passes_are_marked_abandoned(db_url: str) -> None:
     assert [rows[i].status for i in alive] == ["running"] * 4 and rows[4].status == "finished"
 
     with session_factory(engine).begin() as s:  # a second pass finds nothing more to do
-        assert repo.abandon_dead_runs(s, now=NOW, claim_ttl=TTL) == []
+        assert runs.abandon_dead_runs(s, now=NOW, claim_ttl=TTL) == []
     engine.dispose()
 
 

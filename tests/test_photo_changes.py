@@ -16,8 +16,7 @@ from sqlalchemy import create_engine, select, text
 
 from labeler.config.settings import Settings
 from labeler.service.app import Service
-from labeler.store import migrate
-from labeler.store import repository as repo
+from labeler.store import discovery, migrate
 from labeler.store.schema import (
     GONE,
     GROUP_REVIEW_VIEW,
@@ -291,7 +290,7 @@ def test_deleted_and_merged_animals_leave_the_queue_and_no_photo_is_read_again(
     assert summary.status == "finished" and summary.processed == 0
     assert model.seen == [], "photos already labelled are never read again"
     photos, groups, pets = _state(service)
-    assert photos[11].status == GONE and photos[11].last_error == repo.VANISHED_REASON
+    assert photos[11].status == GONE and photos[11].last_error == discovery.VANISHED_REASON
     assert photos[20].group_id == "1" and photos[20].status == LABELLED
     # Pet 1 now has a beagle and a Shih Tzu photo: decided again, they disagree, so it goes to
     # review and labeler takes its own beagle back off the record.
@@ -313,4 +312,18 @@ def test_deleted_and_merged_animals_leave_the_queue_and_no_photo_is_read_again(
         k: (r.status, r.group_id) for k, r in before[0].items()
     }
     assert {k: r.status for k, r in after[1].items()} == {k: r.status for k, r in before[1].items()}
+
+    # Pet 3's record is restored under the same id (its photo never left): decided again, from
+    # the scores kept, it is back in the queue; the merged-away pet 2 has no photo and stays gone.
+    engine = create_engine(shelter.url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO pets VALUES (3, 442, 'Mixed Breed')"))
+    engine.dispose()
+    summary = service.run_pass()
+    assert summary.processed == 0 and model.seen == []
+    _, groups, pets = _state(service)
+    assert groups[3].status == NEEDS_REVIEW and groups[3].last_error is None
+    assert groups[2].status == GONE
+    assert _queue(service) == {1, 3}
+    assert pets[3] == (442, "Mixed Breed")
     service.engine.dispose()

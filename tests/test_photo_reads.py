@@ -13,8 +13,7 @@ from sqlalchemy import event, text
 
 from labeler.config.settings import Settings
 from labeler.shelter.source import reflect_source
-from labeler.store import migrate
-from labeler.store import repository as repo
+from labeler.store import migrate, source_rows
 from labeler.store.engine import make_engine
 from labeler.store.seam import SqlStore
 from tests.helpers import create_photos, png_bytes
@@ -60,7 +59,7 @@ def test_photos_are_read_in_binary_and_context_as_text(db_url: str) -> None:
     with engine.connect() as conn, conn.begin():
         from sqlalchemy.orm import Session
 
-        rows = repo.fetch_rows(Session(bind=conn), source, ["1", "2"])
+        rows = source_rows.fetch_rows(Session(bind=conn), source, ["1", "2"])
     assert formats == [{1}]  # every column in binary (libpq's format code 1)
     assert rows["1"].image == photo and rows["2"].image == photo
     assert (rows["1"].group_id, rows["2"].group_id) == ("a", "b")

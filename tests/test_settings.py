@@ -249,12 +249,13 @@ def test_runtime_objects_take_their_defaults_from_settings() -> None:
         default("db_connect_retries"),
         default("db_retry_backoff_seconds"),
     )
-    assert (loader.url_timeout, loader.max_bytes, loader.max_pixels) == (
+    assert (loader.url_timeout, loader.max_bytes) == (
         default("url_timeout_seconds"),
         default("max_image_bytes"),
-        default("max_image_pixels"),
     )
-    assert (loader.max_jpeg_scans, loader.decode_seconds) == (
+    decode = loader.decode_limits
+    assert (decode.max_pixels, decode.max_jpeg_scans, decode.decode_seconds) == (
+        default("max_image_pixels"),
         default("max_jpeg_scans"),
         default("decode_seconds"),
     )

@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session
 
 from labeler.config.settings import Settings
 from labeler.service.app import Service
-from labeler.store import migrate
-from labeler.store import repository as repo
+from labeler.store import migrate, reports
 from labeler.store.schema import FAILED, LABELLED, PENDING, REVIEWED, group, photo
 from tests.helpers import FULLFRAME, require
 from tests.test_shelter_helpers import ScriptedModel
@@ -283,7 +282,7 @@ def test_a_missing_grant_keeps_the_answers_and_writes_them_once_granted(
                 assert target[pet].breed_id == 442
         assert summary.labelled == 0, "no photo is classified again"
         with Session(built.service.engine) as session:
-            waiting = repo.waiting_animals(session)["writes_waiting"]
+            waiting = reports.waiting_animals(session)["writes_waiting"]
         assert waiting["count"] >= 2 and "denied" in waiting["example"].lower()
         # The grant is back: the next pass writes them.
         with owner.begin() as conn:

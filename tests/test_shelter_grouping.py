@@ -9,13 +9,12 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from labeler.config.settings import Settings, load_settings
-from labeler.core.textsafe import id_list
+from labeler.core.textsafe import id_list, storable
 from labeler.decide.decision import Thresholds
 from labeler.decide.grouping import combine, decide_group, disagreements, parse_scores, scores_json
 from labeler.model.classifier import Prediction
 from labeler.store import migrate
 from labeler.store.engine import is_transient, make_engine
-from labeler.store.repository import storable
 from labeler.store.schema import GONE, LABELLED, NEEDS_REVIEW, photo
 
 
@@ -66,8 +65,10 @@ def test_unreadable_scores_are_skipped() -> None:
 
 def test_storable_text() -> None:
     assert storable("bad\x00reason\x1b[31m", 100) == "bad reason [31m"
-    assert storable("x" * 50, 10) == "x" * 10
+    assert storable("x" * 50, 10) == "x" * 7 + "..."  # cut as every stored reason is
     assert storable("line\nnext\ttab", 100) == "line\nnext\ttab"
+    assert storable("a\r\n\u2028b", 100) == "a \n b"
+    assert storable(None, 100) is None
 
 
 def test_an_animals_photo_list_is_never_cut_inside_an_id() -> None:
@@ -121,8 +122,9 @@ def test_text_from_outside_is_stored_on_every_server(db_url: str) -> None:
     """Issue 10: a NUL in an error (say, an HTTP reason phrase) must not sink the batch."""
     from datetime import datetime, timedelta
 
+    from labeler.core import domain
     from labeler.shelter.source import reflect_source
-    from labeler.store import repository as repo
+    from labeler.store import claims, discovery, results, runs
     from labeler.store.engine import session_factory
     from tests.helpers import create_photos, png_bytes
 
@@ -134,9 +136,9 @@ def test_text_from_outside_is_stored_on_every_server(db_url: str) -> None:
         source = reflect_source(conn, settings)
     now = datetime(2026, 1, 1)
     with session_factory(engine).begin() as session:
-        run_id = repo.start_run(session, command="t", worker="w", model_version="m", now=now)
-        repo.discover(session, source, now)
-        ids = repo.claim(
+        run_id = runs.start_run(session, command="t", worker="w", model_version="m", now=now)
+        discovery.discover(session, source, now)
+        ids = claims.claim(
             session,
             "tok",
             now=now,
@@ -145,15 +147,15 @@ def test_text_from_outside_is_stored_on_every_server(db_url: str) -> None:
             max_attempts=3,
             run_id=run_id,
         )
-        counts = repo.save_outcomes(
+        counts = results.save_outcomes(
             session,
             source,
             "tok",
             run_id,
             "m",
             [
-                repo.Outcome(ids[0], "failed", error="502 Bad\x00Gateway\x1b" + "x" * 5000),
-                repo.Outcome(ids[1], "failed", error="fine", photo_ref="a\x00b"),
+                domain.Outcome(ids[0], "failed", error="502 Bad\x00Gateway\x1b" + "x" * 5000),
+                domain.Outcome(ids[1], "failed", error="fine", photo_ref="a\x00b"),
             ],
             now,
         )

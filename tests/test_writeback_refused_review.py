@@ -12,7 +12,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from labeler.service.app import Service
-from labeler.store import repository as repo
+from labeler.store import reports
 from labeler.store.schema import GROUP_REVIEW_VIEW, NEEDS_REVIEW, REVIEWED, group
 from labeler.store.writeback import group_verdicts
 from tests.test_shelter_errors import _build, _rows
@@ -69,7 +69,7 @@ def test_a_refused_review_keeps_the_animal_in_the_queue_with_the_reason(
     # counts the refusals and says why.
     with Session(service.engine) as session:
         verdicts = group_verdicts(session, None)
-        waiting = repo.waiting_animals(session)
+        waiting = reports.waiting_animals(session)
     assert sum(v.staff_agrees is not None for v in verdicts) == 1  # pet 4 only
     assert waiting["refused_reviews"]["count"] == 3
     assert "not a dog breed" in waiting["refused_reviews"]["example"]

@@ -3,7 +3,9 @@ storable in any of the supported databases.
 
 PostgreSQL rejects a NUL byte in text and the whole transaction with it; MariaDB in strict
 mode rejects strings its column cannot hold; lone surrogates (undecodable file names) are not
-valid UTF-8 anywhere. Every reason labeler stores goes through :func:`storable_text`.
+valid UTF-8 anywhere. Every text labeler stores goes through :func:`storable_text` (one
+line: reasons, references) or :func:`storable` (may keep line breaks and tabs: run errors,
+labels, context).
 """
 
 from __future__ import annotations
@@ -14,18 +16,20 @@ from collections.abc import Sequence
 # C0 and C1 control characters, DEL, and the Unicode line/paragraph separators: they either
 # break storage (NUL) or make a one-line reason render as several lines in staff tools.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+# The same, keeping tabs and line breaks (a run's errors are one per line).
+_CONTROL_BUT_LINES = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]+")
 # Lone surrogates (undecodable file names) are not valid UTF-8; non-characters are refused by
 # some drivers.
 _UNSTORABLE = re.compile("[\ud800-\udfff\ufdd0-\ufdef\ufffe\uffff]")
 _ELLIPSIS = "..."
 
 
-def storable_text(text: object, limit: int = 1000) -> str:
+def storable_text(text: object, limit: int = 1000, *, keep_lines: bool = False) -> str:
     """``text`` as one line of valid UTF-8 without control characters, at most ``limit`` chars.
 
     Bytes are decoded as UTF-8 (invalid sequences become U+FFFD); runs of control characters
-    become one space; lone surrogates and non-characters become U+FFFD; a text over the limit
-    is cut and ends in ``...``.
+    become one space (with ``keep_lines``, tabs and line breaks stay); lone surrogates and
+    non-characters become U+FFFD; a text over the limit is cut and ends in ``...``.
     """
     if limit < len(_ELLIPSIS) + 1:
         raise ValueError(f"limit must be at least {len(_ELLIPSIS) + 1}, got {limit}")
@@ -36,10 +40,17 @@ def storable_text(text: object, limit: int = 1000) -> str:
     # Bound the work before any per-character pass: the caller never keeps more than this.
     text = text[: limit * 2 + 16]
     text = _UNSTORABLE.sub("\ufffd", text)
-    text = _CONTROL.sub(" ", text).strip()
+    text = (_CONTROL_BUT_LINES if keep_lines else _CONTROL).sub(" ", text).strip()
     if len(text) > limit:
         text = text[: limit - len(_ELLIPSIS)].rstrip() + _ELLIPSIS
     return text
+
+
+def storable(text: object | None, limit: int) -> str | None:
+    """:func:`storable_text` keeping line breaks, for a value that may be absent (NULL)."""
+    if text is None:
+        return None
+    return storable_text(text, limit, keep_lines=True)
 
 
 def id_list(ids: Sequence[str], limit: int) -> str:

@@ -86,8 +86,9 @@ class VersionCounts:
     audit_correct: int = 0
     doubtful_reviewed: int = 0
     doubtful_correct: int = 0
-    # Auto-labels staff replaced with another breed in the shelter's own screens: each one is
-    # known wrong, so precision cannot be above (auto - auto_corrected) / auto.
+    # Auto-labels staff replaced with another breed (a photo's reviewed breed, or an animal's
+    # breed set in the shelter's own screens): each one is known wrong, so precision cannot be
+    # above (auto - auto_corrected) / auto.
     auto_corrected: int = 0
 
 
@@ -124,8 +125,8 @@ class VersionQuality:
         at_most = self.precision_at_most
         if at_most is not None:
             out.append(
-                f"  staff corrected {self.auto_corrected} of {self.auto} auto-labels in the "
-                f"shelter's own screens: precision at most {at_most:.1%}"
+                f"  staff corrected {self.auto_corrected} of {self.auto} auto-labels: "
+                f"precision at most {at_most:.1%}"
             )
         if self.doubtful_agreement is not None:
             out.append(
@@ -147,7 +148,7 @@ class GroupVerdict:
 
 
 def group_version_counts(verdicts: Sequence[GroupVerdict]) -> list[VersionCounts]:
-    """The per-animal twin of ``repository.quality_counts``: audits give the unbiased
+    """The per-animal twin of ``evidence.quality_counts``: audits give the unbiased
     precision of what labeler writes on animal records."""
     by_version: dict[str, list[GroupVerdict]] = {}
     for v in verdicts:
@@ -228,7 +229,7 @@ def decided_row(
     agree: bool | None,
     reject_labels: frozenset[str] = frozenset(),
 ) -> DecidedRow | None:
-    """A database row (``repository.decided_rows``) as calibration evidence; None if unusable."""
+    """A database row (``evidence.decided_rows``) as calibration evidence; None if unusable."""
     if confidence is None or not math.isfinite(confidence):
         return None
     second = confidence_2 if confidence_2 is not None and math.isfinite(confidence_2) else 0.0

@@ -25,8 +25,7 @@ from labeler.config.settings import Settings, load_settings
 from labeler.demo import shelter as demo_shelter
 from labeler.model.artifact import ArtifactError, load_artifact
 from labeler.service.app import Service
-from labeler.store import migrate
-from labeler.store import repository as repo
+from labeler.store import animals, migrate
 from labeler.store.engine import session_factory
 from labeler.store.schema import LABELLED, NEEDS_REVIEW
 
@@ -155,8 +154,8 @@ def run_demo(demo_dir: Path, *, photos: Path | None = None, reset: bool = True) 
     print(f"\n{summary.line()}\n")
 
     with session_factory(service.engine)() as session:
-        groups = {str(g["group_id"]): g for g in repo.group_rows(session)}
-        queue = repo.group_review_queue(session, limit=50)
+        groups = {str(g["group_id"]): g for g in animals.group_rows(session)}
+        queue = animals.group_review_queue(session, limit=50)
     with service.engine.connect() as conn:
         after = demo_shelter.animals(conn)
     service.engine.dispose()

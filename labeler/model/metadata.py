@@ -65,6 +65,8 @@ class Metadata(_Section):
     kind: Kind
     model_file: str = MODEL_FILE
     labels_file: str = LABELS_FILE
+    # Declared and checked by labeler.model.preprocessing.PreprocessingConfig.from_dict: its
+    # fields are the schema, so an option is declared once.
     preprocessing: dict[str, Any]
     # JSON null means "not given", as for a missing key.
     calibration: Calibration = Field(default_factory=Calibration)
@@ -80,15 +82,24 @@ def parse_metadata(raw: dict[str, Any]) -> Metadata:
     try:
         return Metadata.model_validate(cleaned)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'metadata'}: {error['msg']}"
-            + (f" (got {error['input']!r})" if _short(error.get("input")) else "")
-            for error in exc.errors()
-        )
-        raise ValueError(problems) from None
+        raise ValueError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError, section: str = "") -> str:
+    """Every problem pydantic found, each named by its path in metadata.json
+    (``output.class_weights.0: ...``); ``section`` is the path of what was validated."""
+    problems = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in ((section,) if section else ()) + error["loc"])
+        got = f" (got {error['input']!r})" if _short(error.get("input")) else ""
+        problems.append(f"{path or 'metadata'}: {_MESSAGES.get(error['type'], error['msg'])}{got}")
+    return "; ".join(problems)
 
 
 _NULLABLE_SECTIONS = frozenset({"calibration", "output", "decision"})
+# Pydantic's wording where it reads badly in an artifact's error ("Extra inputs are not
+# permitted" for a key this code does not know).
+_MESSAGES = {"extra_forbidden": "unknown field"}
 
 
 def _short(value: object) -> bool:

@@ -12,15 +12,20 @@ inside themselves, e.g. VGG's caffe mode); with whitening they are the whitened 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic_core import PydanticCustomError
+
+from labeler.model.metadata import describe_errors
 
 ResizeMode = Literal["stretch", "center_crop", "pad"]
 WhiteningMethod = Literal["zca", "pca"]
@@ -47,9 +52,28 @@ class Whitening:
         return int(self.matrix.shape[1])
 
 
+def _height_width(value: Any) -> Any:
+    """JSON has lists, not tuples. The wrong shape is refused in JSON's words and as a whole,
+    where pydantic would say "tuple" or name only a missing item (``image_size.1: Field
+    required``)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise PydanticCustomError("height_width", "must be a list of 2 integers, [height, width]")
+    return tuple(value)
+
+
+Side = Annotated[int, Field(ge=1)]  # pixels; labeler.model.artifact bounds what it serves
+ImageSize = Annotated[tuple[Side, Side], BeforeValidator(_height_width)]  # (height, width)
+
+
 @dataclass(frozen=True)
 class PreprocessingConfig:
-    image_size: tuple[int, int] = (224, 224)  # (height, width)
+    """The chain's settings, as stored in an artifact's ``metadata.json``.
+
+    A serialised field's type, pydantic constraints included, is also its rule in the file
+    (:meth:`from_dict`): a new option is declared here once, nothing else changes.
+    """
+
+    image_size: ImageSize = (224, 224)
     resize_mode: ResizeMode = "stretch"
     grayscale: bool = False
     equalize: bool = False
@@ -66,15 +90,17 @@ class PreprocessingConfig:
         """Inverse of :meth:`to_dict`; a missing key takes the field's default.
 
         Unknown keys are refused rather than ignored: a chain this code does not know would
-        otherwise be served silently as a different one. Raises ``ValueError``.
+        otherwise be served silently as a different one. Raises ``ValueError`` naming each bad
+        field (``preprocessing.image_size.0: ...``).
         """
-        names = cls.field_names()
-        unknown = sorted(set(raw) - set(names))
-        if unknown:
-            raise ValueError(f"unknown preprocessing field(s) {unknown}; known: {list(names)}")
-        hints = typing.get_type_hints(cls)
-        values = {name: _from_json(name, raw[name], hints[name]) for name in names if name in raw}
-        return cls(**values, whitening=whitening)
+        try:
+            checked = _schema(cls).model_validate(raw)
+        except ValidationError as exc:
+            problems = describe_errors(exc, "preprocessing")
+            if any(error["type"] == "extra_forbidden" for error in exc.errors()):
+                problems += f"; known: {', '.join(cls.field_names())}"
+            raise ValueError(problems) from None
+        return cls(**dict(checked), whitening=whitening)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
@@ -106,25 +132,29 @@ def _to_json(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
-def _from_json(name: str, value: Any, hint: Any) -> Any:
-    """Check one serialised value against its field's type; JSON lists become tuples."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Literal:
-        if value not in args:
-            raise ValueError(f"unknown {name} {value!r}; choose from {list(args)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ValueError(f"preprocessing.{name} must be a list of {len(args)}, got {value!r}")
-        return tuple(_from_json(name, v, a) for v, a in zip(value, args, strict=True))
-    # bool is an int subclass: 1 is not a bool and True is not a number.
-    if hint in (bool, int, float) and isinstance(value, bool) != (hint is bool):
-        raise ValueError(f"preprocessing.{name} must be {hint.__name__}, got {value!r}")
-    if hint is float and isinstance(value, int):
-        return float(value)
-    if isinstance(hint, type) and not isinstance(value, hint):
-        raise ValueError(f"preprocessing.{name} must be {hint.__name__}, got {value!r}")
-    return value
+# Strict as the rest of metadata.json (labeler.model.metadata): 1 is not a bool, True and "64"
+# are not numbers, and a number is finite.
+_STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+
+def _schema(cls: type[PreprocessingConfig]) -> type[BaseModel]:
+    """The pydantic model of ``cls``'s serialised fields, built from their declarations (under
+    a millisecond, once per artifact load: not worth a cache)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    declared: dict[str, Any] = {
+        spec.name: (hints[spec.name], _default(spec))
+        for spec in fields(cls)
+        if spec.name in cls.field_names()
+    }
+    return create_model(f"{cls.__name__}Fields", __config__=_STRICT, **declared)
+
+
+def _default(spec: dataclasses.Field[Any]) -> Any:
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        return Field(default_factory=spec.default_factory)
+    return ...
 
 
 def resize(image: np.ndarray, size: tuple[int, int], mode: ResizeMode = "stretch") -> np.ndarray:

@@ -23,19 +23,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from typing import Any, Protocol
 
 import numpy as np
 
-from labeler.photos.decoding import (
-    DECODE_SECONDS,
-    MAX_JPEG_SCANS,
-    Cancelled,
-    ImageError,
-    decode_image,
-)
+from labeler.photos.decoding import Cancelled, DecodeLimits, ImageError, decode_image
 
 # How often a waiting parent looks at the stop request and the clock.
 _POLL_SECONDS = 0.05
@@ -48,21 +43,16 @@ class ChildDecode(Protocol):
     """What a child runs per photo: a top-level (picklable) function, no budget of its own."""
 
     def __call__(
-        self, data: bytes, max_pixels: int, target_size: tuple[int, int] | None, max_scans: int
+        self, data: bytes, limits: DecodeLimits, target_size: tuple[int, int] | None
     ) -> np.ndarray: ...
 
 
 def decode_in_child(
-    data: bytes, max_pixels: int, target_size: tuple[int, int] | None, max_scans: int
+    data: bytes, limits: DecodeLimits, target_size: tuple[int, int] | None
 ) -> np.ndarray:
     """The child's decode: ``decode_image`` in-process; the parent enforces time and stops."""
     return decode_image(
-        data,
-        max_pixels,
-        target_size=target_size,
-        time_budget=None,
-        max_scans=max_scans,
-        isolate=False,
+        data, replace(limits, decode_seconds=None), target_size=target_size, isolate=False
     )
 
 
@@ -128,11 +118,9 @@ class DecodeWorker:
     def decode(
         self,
         data: bytes,
-        max_pixels: int,
+        limits: DecodeLimits,
         *,
         target_size: tuple[int, int] | None = None,
-        time_budget: float | None = DECODE_SECONDS,
-        max_scans: int = MAX_JPEG_SCANS,
         cancel: Callable[[], bool] | None = None,
     ) -> np.ndarray:
         """Decode ``data`` in the child; same arguments and errors as ``decode_image``."""
@@ -140,8 +128,8 @@ class DecodeWorker:
             if cancel is not None and cancel():  # waiting for a turn is not the photo's time
                 raise Cancelled("decoding stopped on request")
         try:
-            conn = self._request(data, (max_pixels, target_size, max_scans), cancel)
-            return self._reply(conn, time_budget, cancel)
+            conn = self._request(data, (limits, target_size), cancel)
+            return self._reply(conn, limits.decode_seconds, cancel)
         finally:
             self._lock.release()
 
@@ -273,7 +261,7 @@ class WorkerPool:
         self._idle: list[DecodeWorker] = []
         self._all: list[DecodeWorker] = []
 
-    def decode(self, data: bytes, max_pixels: int, **kwargs: Any) -> np.ndarray:
+    def decode(self, data: bytes, limits: DecodeLimits, **kwargs: Any) -> np.ndarray:
         """``DecodeWorker.decode`` on a worker no other thread is using."""
         with self._lock:
             if self._idle:
@@ -282,7 +270,7 @@ class WorkerPool:
                 worker = DecodeWorker(self._decode)
                 self._all.append(worker)
         try:
-            return worker.decode(data, max_pixels, **kwargs)
+            return worker.decode(data, limits, **kwargs)
         finally:
             with self._lock:
                 self._idle.append(worker)
@@ -301,23 +289,15 @@ atexit.register(_POOL.close)
 
 def decode_isolated(
     data: bytes,
-    max_pixels: int,
+    limits: DecodeLimits,
     *,
     target_size: tuple[int, int] | None = None,
-    time_budget: float | None = DECODE_SECONDS,
-    max_scans: int = MAX_JPEG_SCANS,
     cancel: Callable[[], bool] | None = None,
 ) -> np.ndarray:
-    """Decode ``data`` in a child process that is killed at ``time_budget`` or on ``cancel``.
+    """Decode ``data`` in a child process that is killed at ``limits.decode_seconds`` or on
+    ``cancel``.
 
     Raises :class:`ImageError` (the photo's reason, the budget, or a crash with the child's
     exit code) or :class:`Cancelled`.
     """
-    return _POOL.decode(
-        data,
-        max_pixels,
-        target_size=target_size,
-        time_budget=time_budget,
-        max_scans=max_scans,
-        cancel=cancel,
-    )
+    return _POOL.decode(data, limits, target_size=target_size, cancel=cancel)

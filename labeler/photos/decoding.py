@@ -23,14 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from labeler.core import limits
+from labeler.core.limits import DECODE_SECONDS, MAX_IMAGE_PIXELS, MAX_JPEG_SCANS
 from labeler.core.textsafe import storable_text
 
-# Real progressive JPEGs have about 10 scans (libjpeg's default script), sequential ones 1-3.
-# Each scan costs a pass over every block of the image, so the count bounds the work.
-MAX_JPEG_SCANS: int = limits.MAX_JPEG_SCANS  # LABELER_MAX_JPEG_SCANS
-# Seconds one photo may take to decode; checked between input chunks (see _BudgetedInput).
-DECODE_SECONDS: float = limits.DECODE_SECONDS  # LABELER_DECODE_SECONDS
 # Input is fed to the decoder in chunks this large, so a budget or a stop request is noticed
 # after at most one chunk's work (Pillow's default is 64 KiB).
 _DECODE_CHUNK = 16 * 1024
@@ -61,6 +56,29 @@ class Cancelled(Exception):
 
     Not an :class:`ImageError`: the photo is not at fault and its row must not be failed.
     """
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """How much work decoding one photo may cost: the three bounds of the module docstring.
+
+    One value travels from the settings (``LoaderConfig``) through every decode, the child
+    process's included, so a bound cannot be dropped on the way. The defaults are the settings'
+    defaults.
+    """
+
+    # Width times height as the header declares them, checked before any pixel is decoded
+    # (decompression bombs).
+    max_pixels: int = MAX_IMAGE_PIXELS  # LABELER_MAX_IMAGE_PIXELS
+    # Real progressive JPEGs have about 10 scans (libjpeg's default script), sequential ones
+    # 1-3. Each scan costs a pass over every block of the image, so the count bounds the work.
+    max_jpeg_scans: int = MAX_JPEG_SCANS  # LABELER_MAX_JPEG_SCANS
+    # Seconds one photo may take, checked between input chunks (see _BudgetedInput); None: no
+    # budget.
+    decode_seconds: float | None = DECODE_SECONDS  # LABELER_DECODE_SECONDS
+
+
+DEFAULT_LIMITS = DecodeLimits()
 
 
 @dataclass(frozen=True)
@@ -202,27 +220,26 @@ class _BudgetedInput(io.BytesIO):
 
 def decode_image(
     data: bytes,
-    max_pixels: int = limits.MAX_IMAGE_PIXELS,
+    limits: DecodeLimits = DEFAULT_LIMITS,
     *,
     target_size: tuple[int, int] | None = None,
-    time_budget: float | None = DECODE_SECONDS,
     cancel: Callable[[], bool] | None = None,
     clock: Callable[[], float] = time.monotonic,
-    max_scans: int = MAX_JPEG_SCANS,
     isolate: bool = True,
 ) -> np.ndarray:
-    """Decode encoded bytes into an upright HxWx3 uint8 RGB array.
+    """Decode encoded bytes into an upright HxWx3 uint8 RGB array, within ``limits``.
 
     ``target_size`` (height, width): the size the caller will resize to (the model input). A
     JPEG at least twice as large on both sides is decoded at 1/2, 1/4 or 1/8 scale, the
-    smallest that still covers it once upright. ``time_budget`` seconds (``None``: no budget)
-    and ``cancel`` are checked between input chunks; ``cancel`` returning true raises
-    :class:`Cancelled`. With ``isolate``, the formats in :data:`ISOLATED_FORMATS` are decoded
-    in a child process killed at the budget or on ``cancel`` (the budget then runs on the real
-    clock, not ``clock``); without, they are decoded here and cannot be interrupted.
+    smallest that still covers it once upright. The time budget and ``cancel`` are checked
+    between input chunks; ``cancel`` returning true raises :class:`Cancelled`. With
+    ``isolate``, the formats in :data:`ISOLATED_FORMATS` are decoded in a child process killed
+    at the budget or on ``cancel`` (the budget then runs on the real clock, not ``clock``);
+    without, they are decoded here and cannot be interrupted.
     """
     if not data:
         raise ImageError("the image data is empty")
+    max_scans, time_budget = limits.max_jpeg_scans, limits.decode_seconds
     if image_format(data[:SIGNATURE_BYTES]) == "JPEG":
         scans = jpeg_scan_count(data, max_scans)
         if scans > max_scans:
@@ -238,14 +255,12 @@ def decode_image(
             # Opening reads only the header: the size is checked before any pixel is decoded.
             image: Image.Image = Image.open(source, formats=_photo_formats())
             width, height = image.size
-            if width * height > max_pixels:
+            if width * height > limits.max_pixels:
                 raise ImageError(
-                    f"image declares {width}x{height} pixels, over the limit of {max_pixels}"
+                    f"image declares {width}x{height} pixels, over the limit of {limits.max_pixels}"
                 )
             if isolate and image.format in ISOLATED_FORMATS:
-                return _decode_isolated(
-                    data, max_pixels, target_size, time_budget, max_scans, cancel
-                )
+                return _decode_isolated(data, limits, target_size, cancel)
             image.seek(0)  # animated formats: the first frame
             drafted = _draft(image, target_size)
             image.decodermaxblock = _DECODE_CHUNK  # type: ignore[attr-defined]
@@ -254,14 +269,7 @@ def decode_image(
             if drafted and target_size and not _covers(upright.size, target_size):
                 # Never smaller than asked: should a reduced decode fall short (an orientation
                 # read differently), decode again at full scale.
-                return decode_image(
-                    data,
-                    max_pixels,
-                    time_budget=time_budget,
-                    cancel=cancel,
-                    clock=clock,
-                    max_scans=max_scans,
-                )
+                return decode_image(data, limits, cancel=cancel, clock=clock)
             return _to_rgb(upright)
     except (ImageError, Cancelled):
         raise
@@ -281,23 +289,14 @@ def decode_image(
 
 def _decode_isolated(
     data: bytes,
-    max_pixels: int,
+    limits: DecodeLimits,
     target_size: tuple[int, int] | None,
-    time_budget: float | None,
-    max_scans: int,
     cancel: Callable[[], bool] | None,
 ) -> np.ndarray:
     # Imported here: decode_worker imports this module (and the child imports it again).
     from labeler.photos.decode_worker import decode_isolated
 
-    return decode_isolated(
-        data,
-        max_pixels,
-        target_size=target_size,
-        time_budget=time_budget,
-        max_scans=max_scans,
-        cancel=cancel,
-    )
+    return decode_isolated(data, limits, target_size=target_size, cancel=cancel)
 
 
 def _draft(image: Image.Image, target_size: tuple[int, int] | None) -> bool:

@@ -40,8 +40,10 @@ import numpy as np
 from labeler.core import limits
 from labeler.core.textsafe import storable_text
 from labeler.photos.decoding import (
+    DEFAULT_LIMITS,
     SIGNATURE_BYTES,
     Cancelled,
+    DecodeLimits,
     ImageError,
     decode_image,
     image_format,
@@ -83,9 +85,7 @@ class LoaderConfig:
     # body, redirects included) at most twice as long.
     url_timeout: float = limits.URL_TIMEOUT_SECONDS
     max_bytes: int = limits.MAX_IMAGE_BYTES
-    max_pixels: int = limits.MAX_IMAGE_PIXELS
-    decode_seconds: float = limits.DECODE_SECONDS
-    max_jpeg_scans: int = limits.MAX_JPEG_SCANS
+    decode_limits: DecodeLimits = DEFAULT_LIMITS
 
 
 def load_image(
@@ -109,14 +109,7 @@ def load_photo(
 ) -> tuple[np.ndarray, str, str]:
     """:func:`load_image`, with the :func:`fingerprint` of the bytes that were decoded."""
     data, kind = load_bytes(value, config, cancel=cancel)
-    image = decode_image(
-        data,
-        config.max_pixels,
-        target_size=target_size,
-        time_budget=config.decode_seconds,
-        max_scans=config.max_jpeg_scans,
-        cancel=cancel,
-    )
+    image = decode_image(data, config.decode_limits, target_size=target_size, cancel=cancel)
     return image, kind, fingerprint(data)
 
 

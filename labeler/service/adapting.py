@@ -25,7 +25,7 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     from labeler.decide.adapt import AdaptRefused, Decided, adapt
     from labeler.model.artifact import METADATA_FILE, ArtifactError, load_artifact
     from labeler.service.app import thresholds_in_force
-    from labeler.store import repository as repo
+    from labeler.store import evidence
     from labeler.store.engine import make_engine, session_factory
 
     artifact = load_artifact(settings.model_dir)
@@ -37,7 +37,7 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings)
     with session_factory(engine)() as session:
         in_force = thresholds_in_force(settings, session, artifact)
-        rows = repo.staff_decided_photos(session)
+        rows = evidence.staff_decided_photos(session)
     decided, earlier = [], []
     for row in rows:
         label = _staff_label(row, label_of_values)

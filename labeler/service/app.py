@@ -19,11 +19,12 @@ from labeler.decide.decision import Thresholds, resolve_thresholds
 from labeler.labelling.passes import LabellingPass, PassConfig, PassSummary
 from labeler.model.artifact import Artifact
 from labeler.model.classifier import Classifier
+from labeler.photos.decoding import DecodeLimits
 from labeler.photos.fetching import LoaderConfig
 from labeler.shelter.source import Source, SourceError, reflect_source
 from labeler.store.engine import RetryPolicy, make_engine, utc_now
-from labeler.store.repository import ImageLimit
 from labeler.store.seam import SqlStore
+from labeler.store.source_rows import ImageLimit
 from labeler.store.writeback import Target, reflect_target
 
 log = logging.getLogger("labeler")
@@ -36,9 +37,11 @@ def loader_config(settings: Settings) -> LoaderConfig:
         allowed_hosts=frozenset(settings.url_allowed_hosts),
         url_timeout=settings.url_timeout_seconds,
         max_bytes=settings.max_image_bytes,
-        max_pixels=settings.max_image_pixels,
-        max_jpeg_scans=settings.max_jpeg_scans,
-        decode_seconds=settings.decode_seconds,
+        decode_limits=DecodeLimits(
+            max_pixels=settings.max_image_pixels,
+            max_jpeg_scans=settings.max_jpeg_scans,
+            decode_seconds=settings.decode_seconds,
+        ),
     )
 
 
@@ -71,9 +74,9 @@ def load_classifier(settings: Settings, model_dir: Path | None = None) -> Classi
 def thresholds_in_force(settings: Settings, session: Session, artifact: Artifact) -> Thresholds:
     """The decision thresholds now: settings, else calibrated for this model version (stored
     by `labeler calibrate --apply`), else the artifact's."""
-    from labeler.store import repository as repo
+    from labeler.store import evidence
 
-    calibrated = repo.calibrated_threshold(session, artifact.version)
+    calibrated = evidence.calibrated_threshold(session, artifact.version)
     return resolve_thresholds(
         artifact,
         settings.review_threshold,
@@ -164,14 +167,14 @@ class Service:
 
     def abandon_dead_runs(self, stop: threading.Event) -> list[int]:
         """Close the runs of passes that were killed (SIGKILL, a power cut) as `abandoned`."""
-        from labeler.store import repository as repo
+        from labeler.store import runs
         from labeler.store.engine import RetryPolicy, session_factory, with_retries
 
         ttl = timedelta(seconds=self.settings.claim_ttl_seconds)
 
         def action() -> list[int]:
             with session_factory(self.engine).begin() as session:
-                return repo.abandon_dead_runs(session, now=utc_now(), claim_ttl=ttl)
+                return runs.abandon_dead_runs(session, now=utc_now(), claim_ttl=ttl)
 
         settings = self.settings
         policy = RetryPolicy(settings.db_connect_retries, settings.db_retry_backoff_seconds)
@@ -214,13 +217,13 @@ def check_photo_root(settings: Settings) -> str:
 def check_filter_matches(engine: Engine, source: Source) -> str:
     """SourceError when the source has rows but none passes the filter: a misspelt value
     ("Dog" for "dog") would otherwise label nothing, night after night, without a word."""
-    from labeler.store import repository as repo
+    from labeler.store import source_rows
     from labeler.store.engine import session_factory
 
     if not (source.filter_column and source.filter_values):
         return "no filter"
     with session_factory(engine)() as session:
-        has_rows, matching = repo.filter_matches(session, source)
+        has_rows, matching = source_rows.filter_matches(session, source)
     values = ",".join(source.filter_values)
     if has_rows and not matching:
         raise SourceError(

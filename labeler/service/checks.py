@@ -31,11 +31,11 @@ class CheckContext:
 
 
 def database(ctx: CheckContext) -> str:
-    from labeler.store import repository as repo
+    from labeler.store import runs
     from labeler.store.engine import session_factory
 
     with session_factory(ctx.engine)() as session:
-        repo.ping(session)
+        runs.ping(session)
     return ctx.settings.safe_database_url()
 
 

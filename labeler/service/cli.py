@@ -68,7 +68,7 @@ def cmd_schedule(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_relabel(settings: Settings, args: argparse.Namespace) -> int:
-    from labeler.store import repository as repo
+    from labeler.store import results
     from labeler.store.engine import make_engine, session_factory, utc_now
 
     other_version = args.other_model_version
@@ -77,7 +77,7 @@ def cmd_relabel(settings: Settings, args: argparse.Namespace) -> int:
 
         other_version = load_artifact(settings.model_dir).version
     ids = tuple(i.strip() for chunk in args.ids or [] for i in chunk.split(",") if i.strip())
-    selection = repo.RelabelSelection(
+    selection = results.RelabelSelection(
         other_model_version=other_version,
         photo_ids=ids,
         failed=args.failed,
@@ -93,7 +93,7 @@ def cmd_relabel(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     engine = make_engine(settings)
     with session_factory(engine).begin() as session:
-        count = repo.relabel(session, selection, utc_now())
+        count = results.relabel(session, selection, utc_now())
     print(f"{count} photos marked for relabelling (rows reviewed by staff are never touched)")
     if args.run and count:
         return cmd_run_once(settings, argparse.Namespace(max_rows=None))
@@ -101,23 +101,23 @@ def cmd_relabel(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    from labeler.store import repository as repo
+    from labeler.store import claims, reports, runs
     from labeler.store.engine import make_engine, session_factory, utc_now
 
     engine = make_engine(settings)
     with session_factory(engine)() as session:
-        counts = repo.status_counts(session)
+        counts = reports.status_counts(session)
         report = {
             "database": settings.safe_database_url(),
             "model_dir": str(settings.model_dir),
             "counts": counts,
             "total": sum(counts.values()),
-            "review_queue": repo.review_queue_size(session),
-            "review_detail": repo.review_breakdown(session),
-            "claimed_now": repo.claimed_count(session, utc_now()),
-            "recent_runs": repo.recent_runs(session, args.runs),
-            "animals": repo.group_status_counts(session),  # one row per animal
-            **(repo.waiting_animals(session) if settings.source_group_column else {}),
+            "review_queue": reports.review_queue_size(session),
+            "review_detail": reports.review_breakdown(session),
+            "claimed_now": claims.claimed_count(session, utc_now()),
+            "recent_runs": runs.recent_runs(session, args.runs),
+            "animals": reports.group_status_counts(session),  # one row per animal
+            **(reports.waiting_animals(session) if settings.source_group_column else {}),
             **_trust_status(settings, session),
         }
     if args.json:
@@ -142,10 +142,10 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {what}: {waiting['count']}, e.g. {str(waiting['example'])[:200]}")
     _print_trust_status(report)
     print("recent runs:")
-    runs: list[dict[str, Any]] = report["recent_runs"]
-    if not runs:
+    recent: list[dict[str, Any]] = report["recent_runs"]
+    if not recent:
         print("  (none yet)")
-    for r in runs:
+    for r in recent:
         end = r["finished_at"].strftime("%H:%M:%S") if r["finished_at"] else "-"
         print(
             f"  #{r['id']:<4} {r['started_at']:%Y-%m-%d %H:%M:%S}..{end} {r['status']:<11} "
@@ -221,12 +221,7 @@ def cmd_classify(settings: Settings, args: argparse.Namespace) -> int:
         try:
             # Regular files only: a FIFO or a device would hang or read without end.
             data = read_photo_file(name, loader.max_bytes)
-            image = decode_image(
-                data,
-                loader.max_pixels,
-                time_budget=loader.decode_seconds,
-                max_scans=loader.max_jpeg_scans,
-            )
+            image = decode_image(data, loader.decode_limits)
         except (OSError, ImageError) as exc:
             print(f"{name}: error: {exc}")
             status = EXIT_FAILED
@@ -240,14 +235,14 @@ def cmd_classify(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_reset_source(settings: Settings, args: argparse.Namespace) -> int:
     """Shelter fit: after LABELER_SOURCE_TABLE / _ID_COLUMN changed on purpose."""
     from labeler.shelter.source import reflect_source
-    from labeler.store import repository as repo
+    from labeler.store import discovery
     from labeler.store.engine import make_engine, session_factory
 
     engine = make_engine(settings)
     with engine.connect() as conn:
         name = reflect_source(conn, settings).name
     with session_factory(engine).begin() as session:
-        other = repo.other_source(session, name)
+        other = discovery.other_source(session, name)
         if other is None:
             print(f"nothing to reset: every photo row was read from {name}")
             return EXIT_OK
@@ -259,7 +254,7 @@ def cmd_reset_source(settings: Settings, args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_CONFIG
-        count = repo.reset_source(session, name)
+        count = discovery.reset_source(session, name)
     print(f"{count} photo rows of the previous source forgotten; the next pass reads {name}")
     return EXIT_OK
 
@@ -297,17 +292,20 @@ def _trust_status(settings: Settings, session: Any) -> dict[str, Any]:
 
     from labeler.decide.thresholds import group_version_counts, version_quality
     from labeler.service.checks import threshold_in_force
-    from labeler.store import repository as repo
+    from labeler.store import evidence
 
     try:
         threshold: dict[str, Any] = threshold_in_force(settings, None, session)
     except ArtifactError as exc:
         threshold = {"error": str(exc)}
-    quality = [version_quality(c) for c in repo.quality_counts(session)]
+    quality = [version_quality(c) for c in evidence.quality_counts(session)]
     animals = [version_quality(c) for c in group_version_counts(_group_verdicts(settings, session))]
     return {
         "threshold": threshold,
-        "quality": [asdict(q) | {"summary": q.lines()} for q in quality],
+        "quality": [
+            asdict(q) | {"precision_at_most": q.precision_at_most, "summary": q.lines()}
+            for q in quality
+        ],
         "animal_quality": [
             asdict(q)
             | {
@@ -361,7 +359,7 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     from labeler.decide.thresholds import CalibrationRefused, calibrate, decided_row
     from labeler.model.artifact import load_artifact
     from labeler.service.app import thresholds_in_force
-    from labeler.store import repository as repo
+    from labeler.store import evidence
     from labeler.store.engine import make_engine, session_factory, utc_now
 
     artifact = load_artifact(settings.model_dir)
@@ -369,17 +367,17 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     engine = make_engine(settings)
     with session_factory(engine)() as session:
         in_force = thresholds_in_force(settings, session, artifact)
-        rows = repo.decided_rows(session, version)
-        stored = repo.calibrated_threshold(session, version)
+        rows = evidence.decided_rows(session, version)
+        stored = evidence.calibrated_threshold(session, version)
     current = in_force.review_threshold if version == artifact.version else None
     if current is None and stored is not None:
         current = stored.review_threshold
-    evidence = [
+    usable_rows = [
         r for r in (decided_row(**row, reject_labels=artifact.reject_labels) for row in rows) if r
     ]
     try:
         result = calibrate(
-            evidence,
+            usable_rows,
             args.target_precision,
             margin=in_force.review_margin,
             current_threshold=current,
@@ -411,7 +409,7 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
         precision_lower=result.point.precision.low,
     )
     with session_factory(engine).begin() as session:
-        repo.store_calibrated_threshold(
+        evidence.store_calibrated_threshold(
             session,
             value,
             coverage=result.point.coverage,

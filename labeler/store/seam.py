@@ -1,10 +1,10 @@
 """What a labelling pass needs from the database, as one seam.
 
-:class:`Store` is the protocol the pass talks to; :class:`SqlStore` implements it over
-:mod:`labeler.store.repository` and :mod:`labeler.store.writeback` with one session per transaction
-(the
-repository functions take a session and never commit: each method here frames one
-transaction) and the shared retry policy for transient database errors. The unit tests use an
+:class:`Store` is the protocol the pass talks to; :class:`SqlStore` implements it over the
+statement modules of this package (``discovery``, ``claims``, ``source_rows``, ``results``,
+``runs``, ``animals``, ``writeback``) with one session per transaction (their functions take
+a session and never commit: each method here frames one transaction) and the shared retry
+policy for transient database errors. The unit tests use an
 in-memory fake (tests/fake_store.py)."""
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labeler.core.domain import Outcome, SaveCounts, SourceRow
 from labeler.shelter.source import Source, SourceError
-from labeler.store import repository as repo
-from labeler.store import shelter_sql
+from labeler.store import animals, claims, discovery, results, runs, shelter_sql, source_rows
 from labeler.store.engine import (
     BUSY_TIMEOUT_MS,
     READ_ONLY,
@@ -41,6 +40,7 @@ from labeler.store.writeback import (
     apply_review,
     fail_group,
     refresh_breed_names,
+    revive_returned,
     settle_group,
     sync_staff,
 )
@@ -167,7 +167,7 @@ class SqlStore:
         *,
         retry: RetryPolicy | None = None,
         stop: threading.Event | None = None,
-        image_limit: repo.ImageLimit | None = None,
+        image_limit: source_rows.ImageLimit | None = None,
     ) -> None:
         self.sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
         # Transactions that only read: no write lock on SQLite (labeler.store.engine.READ_ONLY).
@@ -228,7 +228,7 @@ class SqlStore:
     def start_run(self, *, command: str, worker: str, model_version: str, now: datetime) -> int:
         return self._tx(
             "starting the run",
-            lambda s: repo.start_run(
+            lambda s: runs.start_run(
                 s, command=command, worker=worker, model_version=model_version, now=now
             ),
         )
@@ -239,7 +239,7 @@ class SqlStore:
     def _check_source(self, session: Session) -> None:
         """Refuse to mix rows of two sources: their ids mean different photos."""
         name = self.source.name
-        other = repo.other_source(session, name)
+        other = discovery.other_source(session, name)
         if other is not None:
             raise SourceChanged(
                 f"labeler_photo holds rows read from {other}, but the settings now name "
@@ -247,7 +247,7 @@ class SqlStore:
                 "change is intended, run `labeler reset-source --yes` (it forgets the old "
                 "source's photo rows; per-animal results and staff decisions stay)."
             )
-        repo.adopt_source(session, name)
+        discovery.adopt_source(session, name)
 
     def discover(self, run_id: int, now: datetime) -> int:
         """Register new photos, set photos replaced in the source back to pending, and sweep
@@ -257,10 +257,10 @@ class SqlStore:
 
         def action(session: Session) -> int:
             with self._reading_source():
-                found = repo.discover(session, self.source, now)
-                changed, _ = repo.requeue_changed(session, self.source, now)
-                swept = repo.sweep_source(session, self.source, now)
-            repo.add_run_counts(session, run_id, discovered=found)
+                found = discovery.discover(session, self.source, now)
+                changed, _ = discovery.requeue_changed(session, self.source, now)
+                swept = discovery.sweep_source(session, self.source, now)
+            runs.add_run_counts(session, run_id, discovered=found)
             if swept.gone or swept.moved or swept.back:
                 log.info(
                     "%d labelled photos left the source (gone), %d moved to another animal, "
@@ -279,9 +279,9 @@ class SqlStore:
                     extra={"run_id": run_id},
                 )
             with self._reading_source():
-                refused = repo.refused_ids(session, self.source).message(self.source)
+                refused = discovery.refused_ids(session, self.source).message(self.source)
             if refused:
-                repo.add_run_error(session, run_id, refused)
+                runs.add_run_error(session, run_id, refused)
                 log.warning("%s", refused, extra={"run_id": run_id})
             return found
 
@@ -290,7 +290,7 @@ class SqlStore:
     def claimable_count(self, *, run_id: int, now: datetime, max_attempts: int) -> int:
         return self._tx(
             "counting pending photos",
-            lambda s: repo.claimable_count(s, now=now, max_attempts=max_attempts, run_id=run_id),
+            lambda s: claims.claimable_count(s, now=now, max_attempts=max_attempts, run_id=run_id),
         )
 
     def claim(
@@ -305,7 +305,7 @@ class SqlStore:
     ) -> list[str]:
         return self._tx(
             "claiming photos",
-            lambda s: repo.claim(
+            lambda s: claims.claim(
                 s,
                 token,
                 now=now,
@@ -319,7 +319,7 @@ class SqlStore:
     def fetch_rows(self, photo_ids: Sequence[str]) -> dict[str, SourceRow]:
         def read(session: Session) -> dict[str, SourceRow]:
             with self._reading_source():
-                return repo.fetch_rows(session, self.source, photo_ids, self.image_limit)
+                return source_rows.fetch_rows(session, self.source, photo_ids, self.image_limit)
 
         # A refusal here is one row's (a view raising on its data) and the pass narrows it
         # down; an error of the source itself is raised as SourceUnreadable, before that.
@@ -372,15 +372,15 @@ class SqlStore:
     ) -> SaveCounts:
         return self._tx(
             "saving results",
-            lambda s: repo.save_outcomes(
+            lambda s: results.save_outcomes(
                 s, self.source, token, run_id, model_version, outcomes, now
             ),
         )
 
     def release(self, token: str, run_id: int) -> int:
         def action(session: Session) -> int:
-            n = repo.release(session, token)
-            repo.add_run_counts(session, run_id, released=n)
+            n = claims.release(session, token)
+            runs.add_run_counts(session, run_id, released=n)
             return n
 
         return self._tx("releasing claims", action)
@@ -390,7 +390,7 @@ class SqlStore:
     ) -> Mapping[str, Any]:
         return self._tx(
             "recording the run",
-            lambda s: repo.finish_run(s, run_id, status=status, now=now, errors=errors),
+            lambda s: runs.finish_run(s, run_id, status=status, now=now, errors=errors),
         )
 
     def sync_staff(self, now: datetime) -> int:
@@ -399,11 +399,14 @@ class SqlStore:
             return 0
         # The queue shows the shelter's breed names: keep them in line with the map in force.
         self._tx("showing breed names", lambda s: refresh_breed_names(s, target))
+        revived = self._tx("finding records back", lambda s: revive_returned(s, target, now))
+        if revived:
+            log.info("%d animals whose record is back are decided again", revived)
         return self._tx("reading staff decisions", lambda s: sync_staff(s, target, now))
 
     def reviewed_groups(self, limit: int, max_attempts: int) -> list[Mapping[str, Any]]:
         return list(
-            self._tx("reading reviews", lambda s: repo.reviewed_groups(s, limit, max_attempts))
+            self._tx("reading reviews", lambda s: animals.reviewed_groups(s, limit, max_attempts))
         )
 
     def _writing_target(self, what: str, fn: Callable[[Session], T]) -> T:
@@ -446,7 +449,7 @@ class SqlStore:
     ) -> list[str]:
         return self._tx(
             "finding animals to decide",
-            lambda s: repo.ready_groups(
+            lambda s: animals.ready_groups(
                 s, run_id=run_id, max_attempts=max_attempts, now=now, limit=limit
             ),
         )

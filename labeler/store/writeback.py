@@ -16,16 +16,16 @@ from sqlalchemy.orm import Session
 
 from labeler.config.settings import Settings, setting_default
 from labeler.core.domain import NOT_A_BREED, Prediction
-from labeler.core.textsafe import id_list
+from labeler.core.textsafe import id_list, storable
 from labeler.decide.audit import is_audit
 from labeler.decide.decision import Thresholds
 from labeler.decide.grouping import decide_group, parse_scores
 from labeler.decide.thresholds import GroupVerdict
 from labeler.shelter.source import SourceError, reflect_table
-from labeler.store import repository as repo
-from labeler.store import shelter_sql
+from labeler.store import animals, discovery, evidence, shelter_sql, source_rows
 from labeler.store.engine import short_error, source_error_kind
-from labeler.store.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, PENDING, REVIEWED
+from labeler.store.keys import chunks
+from labeler.store.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, PENDING, REVIEWED, group
 from labeler.store.shelter_sql import (
     STAMP_INCREMENT,
     STAMP_NOW,
@@ -231,7 +231,7 @@ NO_PHOTOS_REASON = (
 def no_record_reason(target: Target, group_id: str) -> str:
     """Why an animal whose record is not there any more left the review queue."""
     return (
-        repo.storable(
+        storable(
             f"no {target.table.name} record has {target.key_column} = {group_id} any more "
             "(deleted or merged into another in the shelter's software): nothing to write",
             255,
@@ -275,14 +275,14 @@ def _denied(
 ) -> str:
     """Keep what was decided, leave the animal pending (so every pass tries the write again,
     without spending an attempt) and say why."""
-    repo.save_group(
+    animals.save_group(
         session,
         group_id,
         {
             **kept,
             "status": PENDING,
             "attempts": 0,
-            "last_error": repo.storable(reason, 1000),
+            "last_error": storable(reason, 1000),
             "updated_at": now,
         },
     )
@@ -305,12 +305,12 @@ def _record_staff(
 ) -> str:
     """Staff decided in their own UI: remember what they chose, close the review item, and
     never write this animal's record again."""
-    repo.save_group(
+    animals.save_group(
         session,
         group_id,
         {
             "status": REVIEWED,
-            "staff_values": repo.storable(json.dumps(dict(current), sort_keys=True), 1000),
+            "staff_values": storable(json.dumps(dict(current), sort_keys=True), 1000),
             "staff_seen_at": now,
             "review_reason": STAFF_REASON,
             "updated_at": now,
@@ -331,7 +331,7 @@ def settle_group(
 ) -> str:
     """Decide one animal from its photos and write the result (or withdraw an earlier one)
     under the same-statement guard. Returns the animal's new status."""
-    row = repo.get_group(session, group_id, lock=True)
+    row = animals.get_group(session, group_id, lock=True)
     # Any reviewed_breed, even one labeler refused (empty, a typo), means staff took the animal
     # over: it waits for them, not for the model.
     if (
@@ -341,7 +341,7 @@ def settle_group(
         or row["reviewed_breed"] is not None
     ):
         return str(row["status"]) if row else GONE
-    photos = repo.group_photos(session, group_id)
+    photos = animals.group_photos(session, group_id)
     live = [p for p in photos if p["status"] != GONE]
     base: dict[str, Any] = {"run_id": run_id, "updated_at": now, "decided_at": now}
     if not live:
@@ -362,7 +362,7 @@ def settle_group(
             except _WriteDenied as exc:
                 return _denied(session, group_id, {"run_id": run_id}, str(exc), now)
             gone.update(written_values=None, written_at=now)
-        repo.save_group(session, group_id, gone)
+        animals.save_group(session, group_id, gone)
         return GONE
     context = next((p["context"] for p in live if p["context"]), None)
     scored = [
@@ -373,7 +373,7 @@ def settle_group(
         if s is not None
     ]
     if not scored:
-        repo.save_group(
+        animals.save_group(
             session,
             group_id,
             {
@@ -399,9 +399,9 @@ def settle_group(
         **_top3(decision.prediction, target),
         "status": decision.status,
         "photos_used": len(scored),
-        "photo_ids": repo.storable(id_list(decision.photo_ids, 1000), 1000),
-        "model_version": repo.storable(model_version, 128),
-        "review_reason": repo.storable(decision.reason, 255),
+        "photo_ids": storable(id_list(decision.photo_ids, 1000), 1000),
+        "model_version": storable(model_version, 128),
+        "review_reason": storable(decision.reason, 255),
         "audit": int(decision.audit),
         "context": context,
         "attempts": 0,
@@ -435,7 +435,7 @@ def settle_group(
             except _WriteDenied as exc:
                 return _denied(session, group_id, result, str(exc), now)
             result.update(written_values=None, written_at=now)
-    repo.save_group(session, group_id, result)
+    animals.save_group(session, group_id, result)
     return str(result["status"])
 
 
@@ -449,7 +449,7 @@ def _staff_or_gone(session: Session, target: Target, group_id: str, now: datetim
 def _record_gone(session: Session, target: Target, group_id: str, now: datetime) -> str:
     """The animal's record is not there any more: out of the review queue, with why. A
     reviewed breed staff set stays as they set it (there is nothing left to write it to)."""
-    repo.save_group(
+    animals.save_group(
         session,
         group_id,
         {
@@ -468,13 +468,13 @@ def refresh_breed_names(session: Session, target: Target) -> int:
     if target.name_of is None:
         return 0
     changed = 0
-    for row in repo.names_in_review(session):
+    for row in animals.names_in_review(session):
         wanted = {
-            name: repo.storable(target.name_of(row[label]), 255) if row[label] else None
-            for label, name in repo.NAME_COLUMNS
+            name: storable(target.name_of(row[label]), 255) if row[label] else None
+            for label, name in animals.NAME_COLUMNS
         }
         if any(row[name] != value for name, value in wanted.items()):
-            repo.save_group(session, str(row["group_id"]), wanted)
+            animals.save_group(session, str(row["group_id"]), wanted)
             changed += 1
     return changed
 
@@ -484,23 +484,23 @@ def _top3(prediction: Prediction, target: Target | None = None) -> dict[str, Any
     name_of = target.name_of if target is not None else None
     for i, suffix in enumerate(("", "_2", "_3")):
         label, p = prediction.candidates[i] if i < len(prediction.candidates) else (None, None)
-        out[f"breed{suffix}"] = repo.storable(label, 128)
+        out[f"breed{suffix}"] = storable(label, 128)
         out[f"confidence{suffix}"] = p
         # The view cannot read the breed map: the names staff know are kept with the answer.
         name = name_of(label) if name_of is not None and label is not None else None
-        out[f"breed_name{suffix}"] = repo.storable(name, 255)
+        out[f"breed_name{suffix}"] = storable(name, 255)
     return out
 
 
 def fail_group(session: Session, group_id: str, reason: str, *, run_id: int, now: datetime) -> None:
     """A permanent error while writing this animal: count an attempt, keep the reason."""
-    repo.save_group(
+    animals.save_group(
         session,
         group_id,
         {
             "status": FAILED,
-            "attempts": repo.group.c.attempts + 1,
-            "last_error": repo.storable(reason, 1000),
+            "attempts": group.c.attempts + 1,
+            "last_error": storable(reason, 1000),
             "run_id": run_id,
             "updated_at": now,
         },
@@ -512,7 +512,7 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
     found = 0
     after: str | None = None
     while True:
-        rows = repo.open_groups(session, after, limit)
+        rows = animals.open_groups(session, after, limit)
         if not rows:
             return found
         after = str(rows[-1]["group_id"])
@@ -531,7 +531,7 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
             # Another labeler may have written this animal since the read above: decide again
             # with the row locked and the record read afresh.
             gid = str(r["group_id"])
-            fresh = repo.get_group(session, gid, lock=True)
+            fresh = animals.get_group(session, gid, lock=True)
             values = shelter_sql.read_targets(session, target, [gid]).get(gid)
             if fresh is None or fresh["staff_values"] or values is None:
                 continue
@@ -543,10 +543,22 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
             found += 1
 
 
+def revive_returned(session: Session, target: Target, now: datetime) -> int:
+    """Decide again the animals made ``gone`` because their record was missing, whose record
+    is there again (restored in the shelter's software under the same key)."""
+    revived = 0
+    for chunk in chunks(animals.gone_with_photos(session)):
+        back = shelter_sql.read_targets(session, target, list(chunk))
+        if back:
+            animals.mark_groups_pending(session, back, now)
+            revived += len(back)
+    return revived
+
+
 def _gone_if_still_open(session: Session, target: Target, group_id: str, now: datetime) -> None:
     """Mark the animal gone if, with its row locked and its record read again, no person has
     decided it and the record is still missing."""
-    fresh = repo.get_group(session, group_id, lock=True)
+    fresh = animals.get_group(session, group_id, lock=True)
     if (
         fresh is None
         or fresh["status"] in (REVIEWED, GONE)
@@ -561,7 +573,7 @@ def apply_review(
     session: Session, target: Target | None, row: Mapping[str, Any], now: datetime
 ) -> str:
     """Write a reviewed breed set on labeler's side to the animal's record (same guard)."""
-    locked = repo.get_group(session, str(row["group_id"]), lock=True)
+    locked = animals.get_group(session, str(row["group_id"]), lock=True)
     if (
         locked is None
         or locked["status"] in (REVIEWED, GONE)
@@ -577,7 +589,9 @@ def apply_review(
     if label is None or not label.strip():
         return _refuse_review(session, row, _unknown_label_reason(breed), now)
     if target is None:
-        repo.save_group(session, group_id, {"status": REVIEWED, "updated_at": now, **_NO_REFUSAL})
+        animals.save_group(
+            session, group_id, {"status": REVIEWED, "updated_at": now, **_NO_REFUSAL}
+        )
         return REVIEWED
     values = target.lookup(label)
     if values is None:
@@ -605,13 +619,13 @@ def apply_review(
             return _staff_or_gone(session, target, group_id, now)
     except _WriteDenied as exc:
         # The reviewed breed stays as staff set it and is written at a later pass.
-        repo.save_group(
+        animals.save_group(
             session,
             group_id,
-            {"last_error": repo.storable(str(exc), 1000), "updated_at": now},
+            {"last_error": storable(str(exc), 1000), "updated_at": now},
         )
         return WRITE_DENIED
-    repo.save_group(
+    animals.save_group(
         session,
         group_id,
         {
@@ -658,14 +672,14 @@ def _unknown_label_reason(breed: str) -> str:
 def _refuse_review(session: Session, row: Mapping[str, Any], reason: str, now: datetime) -> str:
     """Staff's reviewed breed cannot be written: keep it as they wrote it, and keep the animal
     in the review queue (labeler_group_review_queue shows ``refusal``) until they change it."""
-    repo.save_group(
+    animals.save_group(
         session,
         str(row["group_id"]),
         {
             "status": NEEDS_REVIEW,
             "refused_breed": row["reviewed_breed"],
-            "refusal": repo.storable(reason, 255),
-            "last_error": repo.storable(reason, 1000),
+            "refusal": storable(reason, 255),
+            "last_error": storable(reason, 1000),
             "updated_at": now,
         },
     )
@@ -684,8 +698,8 @@ def check_source_rows(session: Session, source: Any) -> str:
     (MariaDB's default collation ignores case, PostgreSQL and SQLite do not), and warn about
     rows whose id or group value is too long for labeler's columns (discovery leaves them
     out with the same warning)."""
-    exact, _ = repo.count_source_rows(session, source)
-    found = repo.filter_value_counts(session, source)
+    exact, _ = source_rows.count_source_rows(session, source)
+    found = source_rows.filter_value_counts(session, source)
     wanted = set(source.filter_values)
     differs = {v: n for v, n in found.items() if v not in wanted}
     case_note = ""
@@ -700,7 +714,7 @@ def check_source_rows(session: Session, source: Any) -> str:
         raise CheckFailed(f"no source row matches the filter{case_note}")
     if exact == 0:
         return "the source has no rows yet (warning: nothing to label)"
-    too_long = repo.refused_ids(session, source).message(source)
+    too_long = discovery.refused_ids(session, source).message(source)
     notes = case_note + (f"; {too_long}" if too_long else "")
     warning = f" (warning{notes})" if notes else ""
     return f"{exact} source rows match the filter{warning}"
@@ -753,7 +767,7 @@ def check_target(session: Session, source: Any, target: Target) -> str:
     if (
         target.undecided
         and shelter_sql.undecided_record_count(session, target) == 0
-        and repo.written_group_count(session) == 0
+        and animals.written_group_count(session) == 0
     ):
         shown = ", ".join(f"{c}={v}" for c, v in target.undecided.items())
         raise CheckFailed(
@@ -761,7 +775,7 @@ def check_target(session: Session, source: Any, target: Target) -> str:
             "(LABELER_TARGET_UNDECIDED): every animal would look decided by staff and never be "
             "labelled; use the value intake sets (for ASM3, the id of 'Mixed Breed')"
         )
-    key = repo.some_group_key(session, source)
+    key = source_rows.some_group_key(session, source)
     if key is None or longest is None:
         return f"breed map fits the target columns (no animal to try the write-back on){note}"
     with shelter_sql.lock_timeout(session, target.lock_timeout_seconds):
@@ -790,7 +804,7 @@ def group_verdicts(
     """What staff said about each decided animal: a reviewed breed on labeler's side, or the
     breed they set in their own UI, compared with the animal's answer through the breed map."""
     verdicts = []
-    for row in repo.group_decided_rows(session):
+    for row in evidence.group_decided_rows(session):
         breed = str(row["breed"])
         agrees: bool | None = None
         refused = row["reviewed_breed"] is not None and row["reviewed_breed"] == row.get(
