@@ -756,38 +756,26 @@ def test_a_record_written_without_breed2_is_renamed_by_asm3(
         service.engine.dispose()
 
 
-@pytest.mark.parametrize(
-    "second_breed_undecided",
-    [
-        pytest.param(
-            False,
-            id="documented-undecided",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a withdrawal puts back only LABELER_TARGET_UNDECIDED (BreedID, BreedName)"
-                " and leaves Breed2ID at labeler's breed: ASM3 then names the record 'Mixed"
-                " Breed / <breed>', which the next pass records as a staff decision",
-            ),
-        ),
-        pytest.param(True, id="undecided-with-Breed2ID-and-CrossBreed"),
-    ],
-)
+@pytest.mark.parametrize("intake_breed2", [MIXED_BREED_ID, 0], ids=["breed2-mixed", "breed2-zero"])
 def test_a_withdrawn_answer_survives_asm3_recalculating_breed_names(
-    db_url: str, tmp_path: Path, tiny_artifact: Path, second_breed_undecided: bool
+    db_url: str, tmp_path: Path, tiny_artifact: Path, intake_breed2: int
 ) -> None:
-    """A relabel that withdraws labeler's answer must leave a record ASM3 would save for Mixed
-    Breed (BreedID = Breed2ID = 442, CrossBreed = 0), not one its recalculation renames."""
+    """A relabel that withdraws labeler's answer gives the record back what it held before
+    labeler's first write, with the documented settings: BreedID and BreedName from
+    LABELER_TARGET_UNDECIDED, Breed2ID and CrossBreed as they were (442, or 0 on records ASM3
+    imported), so ASM3's recalculation renames nothing and no false staff decision follows."""
     shelter = build_asm3(db_url, tmp_path, storage="base64", per_breed=3, photos_per_dog=3)
     breed_map = _breed_map_without(tmp_path, UNMAPPED)
-    undecided = shelter.settings["LABELER_TARGET_UNDECIDED"]
-    if second_breed_undecided:
-        second, cross = (
-            ("breed2id", "crossbreed")
-            if shelter.dialect == "postgresql"
-            else ("Breed2ID", "CrossBreed")
-        )
-        undecided += f",{second}={MIXED_BREED_ID},{cross}=0"
-    service = _service(shelter, tiny_artifact, breed_map, target_undecided=undecided)
+    engine = shelter.engine()
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("UPDATE animal SET Breed2ID = :b2 WHERE BreedID = :mixed"),
+                {"b2": intake_breed2, "mixed": MIXED_BREED_ID},
+            )
+    finally:
+        engine.dispose()
+    service = _service(shelter, tiny_artifact, breed_map)
     try:
         migrate.upgrade(service.engine)
         seeded = shelter.seeded
@@ -808,8 +796,8 @@ def test_a_withdrawn_answer_survives_asm3_recalculating_breed_names(
             MIXED_BREED_NAME,
         )
 
+        assert _column(row, "Breed2ID") == intake_breed2
         assert _asm3_recalculates_breed_names(shelter) == {}
-        assert _column(row, "Breed2ID") == MIXED_BREED_ID
         assert service.run_pass().status == "finished"
         assert _groups(service)[withdrawn]["staff_values"] is None
     finally:

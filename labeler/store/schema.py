@@ -242,6 +242,12 @@ group = Table(
         )
         for suffix, what in (("", "breed"), ("_2", "breed_2"), ("_3", "breed_3"))
     ),
+    # migration 0007: a withdrawal restores what the record held, not only the undecided values.
+    Column(
+        "replaced_values",
+        String(1000),
+        comment="JSON: what the record held before labeler's first write",
+    ),
     CheckConstraint(
         "status IN ('pending', 'labelled', 'needs_review', 'failed', 'reviewed', 'gone')",
         name="status",

@@ -123,7 +123,7 @@ def write_target(
     session: Session,
     target: Any,
     group_id: str,
-    values: Mapping[str, str],
+    values: Mapping[str, str | None],
     last_written: Mapping[str, str] | None,
 ) -> int:
     """Set the breed on the animal's record, in ONE statement guarded by what the record holds:

@@ -56,7 +56,7 @@ class Target:
     def key_value(self, group_id: str) -> Any:
         return _convert(self.key, group_id)
 
-    def typed(self, values: Mapping[str, str]) -> dict[str, Any]:
+    def typed(self, values: Mapping[str, str | None]) -> dict[str, Any]:
         """Text values -> the target columns' Python types, ready to bind."""
         return {name: _convert(self.table.c[name], value) for name, value in values.items()}
 
@@ -68,16 +68,25 @@ class Target:
             for name, value in self.stamps.items()
         }
 
-    def undecided_values(self) -> dict[str, str]:
-        """What a withdrawal writes: the undecided values (columns without one stay)."""
-        return dict(self.undecided)
+    def replaced(self, current: Mapping[str, str | None]) -> dict[str, str | None]:
+        """What an undecided record holds in the map's columns the undecided values leave out
+        (ASM3's Breed2ID and CrossBreed): kept at labeler's first write, for a withdrawal."""
+        return {c: v for c, v in current.items() if c in self.columns and c not in self.undecided}
+
+    def withdrawal(self, replaced: Mapping[str, str | None] | None) -> dict[str, str | None]:
+        """What taking labeler's answer back writes: the undecided values, and what the record
+        held before labeler's first write in the other map columns (when it was kept)."""
+        kept = {c: v for c, v in (replaced or {}).items() if c in self.columns}
+        return {**kept, **self.undecided}
 
 
 # Stamp values that are not written as given: the database's current timestamp, and the
 # column's value plus one (a version that must change on every save).
 
 
-def _convert(column: Column[Any], value: str) -> Any:
+def _convert(column: Column[Any], value: str | None) -> Any:
+    if value is None:
+        return None  # a column that was NULL before labeler's first write
     try:
         python_type = column.type.python_type
     except NotImplementedError:
@@ -96,10 +105,23 @@ def _convert(column: Column[Any], value: str) -> Any:
     return value
 
 
-def values_json(values: Mapping[str, str] | None) -> str | None:
+def values_json(values: Mapping[str, str | None] | None) -> str | None:
     if values is None:
         return None
     return json.dumps(dict(values), sort_keys=True, ensure_ascii=False)
+
+
+def parse_replaced(text: str | None) -> dict[str, str | None] | None:
+    """``replaced_values`` as stored: like :func:`parse_values`, NULL columns kept as None."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): None if v is None else str(v) for k, v in data.items()}
 
 
 def parse_values(text: str | None) -> dict[str, str] | None:
@@ -253,7 +275,7 @@ def _write(
     session: Session,
     target: Target,
     group_id: str,
-    values: Mapping[str, str],
+    values: Mapping[str, str | None],
     last_written: Mapping[str, str] | None,
 ) -> int:
     """:func:`shelter_sql.write_target`, a missing privilege told apart from a refused value: that
@@ -357,11 +379,12 @@ def settle_group(
         # its photos deleted): take labeler's own value back off the record, if it is still
         # there; a record someone changed since stays as it is.
         if target is not None and written:
+            withdrawal = target.withdrawal(parse_replaced(row["replaced_values"]))
             try:
-                _write(session, target, group_id, target.undecided, written)
+                _write(session, target, group_id, withdrawal, written)
             except _WriteDenied as exc:
                 return _denied(session, group_id, {"run_id": run_id}, str(exc), now)
-            gone.update(written_values=None, written_at=now)
+            gone.update(written_values=None, written_at=now, replaced_values=None)
         animals.save_group(session, group_id, gone)
         return GONE
     context = next((p["context"] for p in live if p["context"]), None)
@@ -427,14 +450,19 @@ def settle_group(
             except _WriteDenied as exc:
                 return _denied(session, group_id, result, str(exc), now)
             result.update(written_values=values_json(decision.values), written_at=now)
+            if _undecided(target, current) and not same_values(current, decision.values):
+                # labeler's first write on this record: what it replaces is what a withdrawal
+                # gives back.
+                result.update(replaced_values=values_json(target.replaced(current)))
         elif written:
-            # The earlier answer no longer stands: give the record back its undecided values.
+            # The earlier answer no longer stands: give the record back what it held.
+            withdrawal = target.withdrawal(parse_replaced(row["replaced_values"]))
             try:
-                if not _write(session, target, group_id, target.undecided, written):
+                if not _write(session, target, group_id, withdrawal, written):
                     return _staff_or_gone(session, target, group_id, now)
             except _WriteDenied as exc:
                 return _denied(session, group_id, result, str(exc), now)
-            result.update(written_values=None, written_at=now)
+            result.update(written_values=None, written_at=now, replaced_values=None)
     animals.save_group(session, group_id, result)
     return str(result["status"])
 
