@@ -17,11 +17,11 @@ from labeler.config.settings import Settings
 from labeler.service.app import Service
 from labeler.service.cli import main
 from labeler.shelter.source import reflect_source, reflect_table
+from labeler.shelter.target import Target
 from labeler.store import migrate, shelter_sql
 from labeler.store.engine import make_engine
 from labeler.store.schema import group, photo, run
 from labeler.store.seam import SqlStore
-from labeler.store.writeback import Target
 from tests.helpers import png_bytes
 
 NOW = datetime(2026, 11, 25, 3, 0, tzinfo=UTC).replace(tzinfo=None)

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from labeler.service.app import Service
 from labeler.store import reports
 from labeler.store.schema import GROUP_REVIEW_VIEW, NEEDS_REVIEW, REVIEWED, group
-from labeler.store.writeback import group_verdicts
+from labeler.store.staff import group_verdicts
 from tests.test_shelter_errors import _build, _rows
 
 

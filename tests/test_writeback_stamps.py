@@ -15,8 +15,8 @@ from labeler.config.settings import Settings
 from labeler.service import checks
 from labeler.service.app import Service
 from labeler.shelter.source import SourceError
+from labeler.shelter.target import reflect_target
 from labeler.store.schema import FAILED, LABELLED, group
-from labeler.store.writeback import reflect_target
 from tests.test_shelter_errors import _build, _rows
 from tests.test_shelter_helpers import ScriptedModel
 

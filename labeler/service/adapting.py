@@ -119,7 +119,7 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
 def _staff_label(row: dict[str, object], label_of_values: object) -> str | None:
     """The model label staff chose: a reviewed breed on the photo or its animal, or the breed
     they set in their own UI mapped back through the breed map."""
-    from labeler.store.writeback import reviewed_label
+    from labeler.store.staff import reviewed_label
 
     for key in ("reviewed_breed", "group_reviewed_breed"):
         value = row.get(key)

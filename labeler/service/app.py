@@ -22,10 +22,10 @@ from labeler.model.classifier import Classifier
 from labeler.photos.decoding import DecodeLimits
 from labeler.photos.fetching import LoaderConfig
 from labeler.shelter.source import Source, SourceError, reflect_source
+from labeler.shelter.target import Target, reflect_target
 from labeler.store.engine import RetryPolicy, make_engine, utc_now
 from labeler.store.seam import SqlStore
 from labeler.store.source_rows import ImageLimit
-from labeler.store.writeback import Target, reflect_target
 
 log = logging.getLogger("labeler")
 

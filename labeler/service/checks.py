@@ -112,8 +112,8 @@ def decision_threshold(ctx: CheckContext) -> str:
 
 def source_rows(ctx: CheckContext) -> str:
     """The filter selects rows, and not only by letter case."""
+    from labeler.store.check_sql import check_source_rows
     from labeler.store.engine import session_factory
-    from labeler.store.writeback import check_source_rows
 
     src = _source(ctx)
     with session_factory(ctx.engine)() as session:
@@ -126,7 +126,8 @@ def write_back(ctx: CheckContext) -> str:
     from sqlalchemy.orm import Session
 
     from labeler.shelter.source import reflect_source
-    from labeler.store.writeback import check_target, reflect_target
+    from labeler.shelter.target import reflect_target
+    from labeler.store.check_sql import check_target
 
     with ctx.engine.connect() as conn:
         src = reflect_source(conn, ctx.settings)

@@ -210,7 +210,7 @@ def cmd_health(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_classify(settings: Settings, args: argparse.Namespace) -> int:
     from labeler.photos.decoding import ImageError, decode_image
-    from labeler.photos.fetching import read_photo_file
+    from labeler.photos.files import read_photo_file
     from labeler.service.app import load_classifier, loader_config
 
     classifier = load_classifier(settings, args.model)
@@ -319,7 +319,7 @@ def _trust_status(settings: Settings, session: Any) -> dict[str, Any]:
 
 def _group_verdicts(settings: Settings, session: Any) -> list[Any]:
     from labeler.shelter.breedmap import BreedMapError, load_breed_map
-    from labeler.store.writeback import group_verdicts
+    from labeler.store.staff import group_verdicts
 
     lookup = None
     if settings.breed_map is not None:

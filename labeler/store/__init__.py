@@ -4,6 +4,8 @@ caller's session and never commit. May import every layer below ``labeler.labell
 Inside, by the tables they touch and by risk (each module imports only those below it):
 
 - ``seam``: the ``Store`` a pass runs against, one session per transaction, retries;
+- ``staff`` (what staff decide, in the shelter's screens or on labeler's side) and
+  ``check_sql`` (the database side of ``labeler check``);
 - ``writeback``: per-animal decisions and their write-back to the shelter's record;
 - ``discovery`` (new photos, vanished and merged ones), ``results`` (a batch's results,
   ``relabel``), ``reports`` (what ``status`` shows), ``evidence`` (staff's verdicts for

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from labeler.core.domain import Outcome, SaveCounts, SourceRow
 from labeler.shelter.source import Source, SourceError
+from labeler.shelter.target import Target, TargetValueError
 from labeler.store import animals, claims, discovery, results, runs, shelter_sql, source_rows
 from labeler.store.engine import (
     BUSY_TIMEOUT_MS,
@@ -33,17 +34,8 @@ from labeler.store.engine import (
     source_error_kind,
     with_retries,
 )
-from labeler.store.writeback import (
-    GroupPolicy,
-    Target,
-    TargetValueError,
-    apply_review,
-    fail_group,
-    refresh_breed_names,
-    revive_returned,
-    settle_group,
-    sync_staff,
-)
+from labeler.store.staff import apply_review, refresh_breed_names, revive_returned, sync_staff
+from labeler.store.writeback import GroupPolicy, fail_group, settle_group
 
 T = TypeVar("T")
 

@@ -29,14 +29,8 @@ from sqlalchemy.orm import Session
 from labeler.core.domain import Outcome
 from labeler.shelter.breedmap import value_text
 from labeler.shelter.source import Source
+from labeler.shelter.target import STAMP_INCREMENT, STAMP_NOW, TargetValueError
 from labeler.store.keys import chunks, same_key, same_keys, same_source_key, source_filter
-
-STAMP_NOW, STAMP_INCREMENT = "now", "increment"
-STAMP_WORDS = frozenset({STAMP_NOW, STAMP_INCREMENT})
-
-
-class TargetValueError(ValueError):
-    """A breed-map or undecided value does not fit the target column's type."""
 
 
 def as_text(value: object) -> str | None:
