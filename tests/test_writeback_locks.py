@@ -12,15 +12,19 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text, update
+from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from labeler.config.settings import Settings
 from labeler.decide.decision import Thresholds
+from labeler.service.app import Service
+from labeler.store import migrate
 from labeler.store.engine import utc_now
-from labeler.store.schema import LABELLED, PENDING, REVIEWED, group
+from labeler.store.schema import LABELLED, PENDING, REVIEWED, group, photo
 from labeler.store.seam import SqlStore, TargetLocked
 from labeler.store.writeback import GroupPolicy
+from tests.helpers import FULLFRAME
 from tests.test_shelter_errors import _build, _rows
 
 
@@ -119,3 +123,64 @@ def test_sqlite_gives_up_after_the_busy_timeout(
 
 def _now() -> datetime:
     return utc_now()
+
+
+def test_a_locked_photo_row_waits_for_the_next_pass_and_the_rest_goes_on(
+    server_db_url: str, tiny_artifact: Path
+) -> None:
+    """One answer per photo, written into the source's own breed column: a photo row staff
+    hold locked is left as it was (no attempt spent, nothing written), the other photos are
+    saved and written, and the next pass labels it."""
+    engine = create_engine(server_db_url, poolclass=NullPool)
+    photo_type = "LONGBLOB" if engine.dialect.name in ("mysql", "mariadb") else "BYTEA"
+    files = sorted(FULLFRAME.glob("*/*.JPEG"))[:3]
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"CREATE TABLE media (id INTEGER PRIMARY KEY, photo {photo_type}, breed TEXT)")
+        )
+        conn.execute(
+            text("INSERT INTO media (id, photo) VALUES (:i, :p)"),
+            [{"i": i, "p": f.read_bytes()} for i, f in enumerate(files, start=1)],
+        )
+    settings = Settings(
+        database_url=server_db_url,
+        source_table="media",
+        source_image_column="photo",
+        image_kind="bytes",
+        writeback_breed_column="breed",
+        model_dir=tiny_artifact,
+        review_threshold=0.0,
+        review_margin=0.0,
+        audit_share=0.0,
+        target_lock_timeout_seconds=1,
+    )
+    service = Service.build(settings)
+    migrate.upgrade(service.engine)
+    held = engine.connect()
+    try:
+        tx = held.begin()
+        held.execute(text("SELECT * FROM media WHERE id = 1 FOR UPDATE")).all()
+        started = time.monotonic()
+        summary = service.run_pass()
+        elapsed = time.monotonic() - started
+        assert summary.status == "finished", summary.line()
+        assert elapsed < 30, f"the pass waited {elapsed:.0f} s for the lock"
+        assert summary.locked == 1 and summary.labelled == 2 and summary.failed == 0
+        assert any("LABELER_TARGET_LOCK_TIMEOUT_SECONDS" in e for e in summary.errors)
+        tx.rollback()
+    finally:
+        held.close()
+    with engine.connect() as conn:
+        rows = {r.photo_id: r for r in conn.execute(select(photo))}
+        written = dict(conn.execute(text("SELECT id, breed FROM media")).all())
+    assert rows["1"].status == PENDING and rows["1"].attempts == 0 and rows["1"].claimed_by is None
+    assert written[1] is None
+    assert {rows[k].status for k in ("2", "3")} == {LABELLED}
+    assert written[2] == rows["2"].breed and written[3] == rows["3"].breed
+
+    summary = service.run_pass()
+    assert summary.labelled == 1 and summary.locked == 0
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT breed FROM media WHERE id = 1")).scalar() is not None
+    service.engine.dispose()
+    engine.dispose()

@@ -125,6 +125,9 @@ class SaveCounts:
     lost: int = 0
     gone: int = 0
     groups: tuple[str, ...] = ()  # animals whose photos changed: to be decided again
+    # Photos whose source row another session held locked past the lock timeout: nothing
+    # saved, their claim is given back at the end of the pass, the next pass labels them.
+    locked: int = 0
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,12 @@ from labeler.store.writeback import WRITE_DENIED, GroupPolicy
 __all__ = ["LabellingPass", "PassConfig", "PassSummary", "SourceChanged", "worker_name"]
 
 log = logging.getLogger("labeler.pass")
+
+LOCKED_ROWS = (
+    "a photo's source row stayed locked by another session past "
+    "LABELER_TARGET_LOCK_TIMEOUT_SECONDS: its result was not saved or written back, no attempt "
+    "spent; it is labelled at the next pass"
+)
 MAX_DEFAULT_DECODERS = 8
 # What an animal counts as in the pass's summary when its record stayed locked.
 LOCKED = "locked (tried again next pass)"
@@ -123,6 +129,7 @@ class PassSummary:
     errors: list[str] = field(default_factory=list)
     runtime: str = ""  # the inference runtime: keras or onnxruntime
     gone: int = 0  # photos that vanished from the source or stopped matching its filter
+    locked: int = 0  # photos whose source row stayed locked: labelled at the next pass
     animals: dict[str, int] = field(default_factory=dict)  # animals per status
 
     @property
@@ -135,6 +142,7 @@ class PassSummary:
         self.failed += counts.failed
         self.lost += counts.lost
         self.gone += counts.gone
+        self.locked += counts.locked
 
     def line(self) -> str:
         rate = self.processed / self.seconds if self.seconds > 0 else 0.0
@@ -145,6 +153,7 @@ class PassSummary:
             f"{self.lost} lost claims; model {self.model_version}"
             + (f" on {self.runtime}" if self.runtime else "")
             + (f"; {self.gone} gone" if self.gone else "")
+            + (f"; {self.locked} locked" if self.locked else "")
             + (
                 "; animals: " + ", ".join(f"{n} {s}" for s, n in sorted(self.animals.items()))
                 if self.animals
@@ -275,6 +284,9 @@ class LabellingPass:
             else None
         )
         t_start = time.monotonic()
+        # Batches with photos whose source row stayed locked: their claims are held to the
+        # end of the pass (so the pass does not try them again and wait again), then given back.
+        held_back: list[str] = []
         try:
             ahead.append(pool.submit(self._next_batch))
             exhausted = False
@@ -300,9 +312,13 @@ class LabellingPass:
                     self._release(batch.token)  # may fail too; then the claims expire
                     raise
                 summary.add(counts)
+                if counts.locked:
+                    held_back.append(batch.token)
                 self._report_progress(summary, time.monotonic() - t_start)
         finally:
             self._closing = True
+            for token in held_back:
+                summary.released += self._release(token)
             # Whatever was prepared but not classified goes back to the pool.
             for future in ahead:
                 if future.cancel():
@@ -418,6 +434,8 @@ class LabellingPass:
             batch.token, self._run_id, self.classifier.version, outcomes, self.clock()
         )
         self._time("save", t_save)
+        if counts.locked:
+            self._errors[LOCKED_ROWS] += counts.locked
         if counts.groups and not self.stop.is_set():
             self._settle_groups()
         return counts

@@ -156,6 +156,7 @@ class Service:
             stop=stop,
             # oversized photos are measured by the database and never read
             image_limit=ImageLimit(self.settings.max_image_bytes, self.settings.image_kind),
+            writeback_lock_timeout=self.settings.target_lock_timeout_seconds,
         )
         labelling = LabellingPass(store, self.classifier, config, stop=stop, command=command)
         return labelling.run()

@@ -23,7 +23,7 @@ from labeler.core.domain import Outcome, Prediction, SaveCounts
 from labeler.core.textsafe import storable
 from labeler.shelter.source import Source
 from labeler.store.animals import mark_groups_pending
-from labeler.store.engine import is_transient, short_error
+from labeler.store.engine import is_lock_timeout, is_transient, short_error
 from labeler.store.schema import (
     FAILED,
     GONE,
@@ -39,6 +39,8 @@ from labeler.store.shelter_sql import write_source_breed
 from labeler.store.source_rows import long_group_reason
 
 ERROR_MAX = 1000
+# What saving a row returns when its source row stayed locked (see _save_refusable).
+LOCKED = "locked"
 
 
 def save_outcomes(
@@ -62,7 +64,7 @@ def save_outcomes(
     propagate, for the caller to retry.
     """
     outcomes = list(outcomes)
-    counts = {LABELLED: 0, NEEDS_REVIEW: 0, FAILED: 0, GONE: 0, "lost": 0}
+    counts = {LABELLED: 0, NEEDS_REVIEW: 0, FAILED: 0, GONE: 0, "lost": 0, LOCKED: 0}
     before: dict[str, str | None] = {}
     if source.group is not None and outcomes:
         before = {
@@ -85,7 +87,7 @@ def save_outcomes(
         ]
     for outcome, saved in zip(outcomes, statuses, strict=True):
         counts[saved] += 1
-        if saved != "lost":
+        if saved not in ("lost", LOCKED):
             touched.update(g for g in (before.get(outcome.photo_id), outcome.group_id) if g)
     if touched:
         mark_groups_pending(session, touched, now)
@@ -106,6 +108,7 @@ def save_outcomes(
         counts["lost"],
         counts[GONE],
         tuple(sorted(touched)),
+        counts[LOCKED],
     )
 
 
@@ -186,11 +189,15 @@ def _save_refusable(
     outcome: Outcome,
     now: datetime,
 ) -> str:
-    """One row in its own SAVEPOINT; a permanent error fails the row with the reason."""
+    """One row in its own SAVEPOINT; a permanent error fails the row with the reason. A source
+    row another session holds locked past the lock timeout (the per-photo write-back waits for
+    it) is left as it was: :data:`LOCKED`, nothing saved, no attempt spent."""
     try:
         with session.begin_nested():
             return _save_one(session, source, token, run_id, model_version, outcome, now)
     except StatementError as exc:
+        if is_lock_timeout(exc):
+            return LOCKED
         if is_transient(exc):
             raise
         refused = Outcome(

@@ -160,6 +160,7 @@ class SqlStore:
         retry: RetryPolicy | None = None,
         stop: threading.Event | None = None,
         image_limit: source_rows.ImageLimit | None = None,
+        writeback_lock_timeout: int | None = None,
     ) -> None:
         self.sessions: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
         # Transactions that only read: no write lock on SQLite (labeler.store.engine.READ_ONLY).
@@ -179,6 +180,10 @@ class SqlStore:
         self.stop = stop or threading.Event()
         # LABELER_MAX_IMAGE_BYTES, checked by the database before a value is read.
         self.image_limit = image_limit
+        # How long the per-photo write-back waits for a source row another session holds.
+        self.writeback_lock_timeout = (
+            writeback_lock_timeout if source.writeback_breed_column else None
+        )
 
     @property
     def grouped(self) -> bool:
@@ -362,12 +367,13 @@ class SqlStore:
         outcomes: Sequence[Outcome],
         now: datetime,
     ) -> SaveCounts:
-        return self._tx(
-            "saving results",
-            lambda s: results.save_outcomes(
-                s, self.source, token, run_id, model_version, outcomes, now
-            ),
-        )
+        def save(session: Session) -> SaveCounts:
+            with shelter_sql.lock_timeout(session, self.writeback_lock_timeout):
+                return results.save_outcomes(
+                    session, self.source, token, run_id, model_version, outcomes, now
+                )
+
+        return self._tx("saving results", save)
 
     def release(self, token: str, run_id: int) -> int:
         def action(session: Session) -> int:
