@@ -100,7 +100,10 @@ def test_round_trip(tiny_artifact: Path) -> None:
             "review_threshold: .*less than or equal to 1",
         ),
         (lambda p: edit_metadata(p, output={"reject_labels": ["cat"]}), "not labels"),
-        (lambda p: edit_metadata(p, preprocessing={"image_size": [2, 2]}), "out of range"),
+        (
+            lambda p: edit_metadata(p, preprocessing={"image_size": [2, 2]}),
+            r"preprocessing\.image_size\.0: Input should be greater than or equal to 8 \(got 2\)",
+        ),
         (
             lambda p: edit_metadata(p, preprocessing={"sharpen": True}),
             r"model: preprocessing\.sharpen: unknown field \(got True\); known: image_size, ",
@@ -200,3 +203,101 @@ def test_classify_command(
     expected = Classifier.load(tiny_artifact).classify_images([decode_image(photo.read_bytes())])[0]
     assert expected.label in line and line.count("%") == 3
     assert f"{broken}: error:" in out
+
+
+# The preprocessing rules of a served artifact, on a hand-written artifact of a few bytes: the
+# network is not loaded, so an empty model file will do.
+def tiny_preprocessing_artifact(root: Path, preprocessing: dict[str, object]) -> Path:
+    root.mkdir()
+    (root / "model.keras").write_bytes(b"")
+    (root / "labels.json").write_text('["a", "b"]')
+    meta = {"format": "labeler-artifact", "format_version": 1, "name": "t", "version": "t-1"}
+    meta |= {"kind": "test", "preprocessing": preprocessing}
+    (root / "metadata.json").write_text(json.dumps(meta))
+    # 8x8 grayscale: a 64-feature whitening.
+    np.savez(root / "whitening.npz", mean=np.zeros(64), matrix=np.eye(64))
+    np.savez(root / "other.npz", mean=np.zeros(64), matrix=np.eye(64))
+    return root
+
+
+GRAY_8 = {"image_size": [8, 8], "grayscale": True}
+ZCA = {"method": "zca", "epsilon": 0.01, "file": "whitening.npz"}
+
+
+@pytest.mark.parametrize(
+    ("preprocessing", "message"),
+    [
+        (
+            {"image_size": [7, 8]},
+            "preprocessing.image_size.0: Input should be greater than or equal to 8 (got 7)",
+        ),
+        (
+            {"image_size": [8, 4097]},
+            "preprocessing.image_size.1: Input should be less than or equal to 4096 (got 4097)",
+        ),
+        (
+            {**GRAY_8, "whitening": "zca"},
+            "preprocessing.whitening: must be an object or null (got 'zca')",
+        ),
+        ({**GRAY_8, "whitening": {}}, "preprocessing.whitening.method: Field required"),
+        (
+            {**GRAY_8, "whitening": {**ZCA, "method": "ica"}},
+            "preprocessing.whitening.method: Input should be 'zca' or 'pca' (got 'ica')",
+        ),
+        (
+            {**GRAY_8, "whitening": {**ZCA, "epsilon": "0.01"}},
+            "preprocessing.whitening.epsilon: Input should be a valid number (got '0.01')",
+        ),
+        (
+            {**GRAY_8, "whitening": {**ZCA, "epsilon": -0.01}},
+            "preprocessing.whitening.epsilon: Input should be greater than or equal to 0 "
+            "(got -0.01)",
+        ),
+        (
+            {**GRAY_8, "whitening": {**ZCA, "epsilon": float("nan")}},
+            "preprocessing.whitening.epsilon: Input should be a finite number (got nan)",
+        ),
+        (
+            {**GRAY_8, "whitening": {**ZCA, "file": 3}},
+            "preprocessing.whitening.file: Input should be a valid string (got 3)",
+        ),
+        (
+            {**GRAY_8, "whitening": {**ZCA, "fiel": "other.npz"}},
+            "preprocessing.whitening.fiel: unknown field (got 'other.npz')",
+        ),
+        (
+            {"image_size": [4, 8], "whitening": {"method": "ica"}},
+            "preprocessing.image_size.0: Input should be greater than or equal to 8 (got 4); "
+            "preprocessing.whitening.method: Input should be 'zca' or 'pca' (got 'ica')",
+        ),
+    ],
+)
+def test_served_preprocessing_rules(
+    tmp_path: Path, preprocessing: dict[str, object], message: str
+) -> None:
+    root = tiny_preprocessing_artifact(tmp_path / "model", preprocessing)
+    with pytest.raises(ArtifactError) as info:
+        load_artifact(root)
+    assert str(info.value) == f"{root}: {message}"
+
+
+@pytest.mark.parametrize("side", [8, 4096])
+def test_served_image_sizes_include_the_bounds(tmp_path: Path, side: int) -> None:
+    root = tiny_preprocessing_artifact(tmp_path / "model", {"image_size": [side, side]})
+    assert load_artifact(root).preprocessing.image_size == (side, side)
+
+
+@pytest.mark.parametrize(
+    ("whitening", "expected"),
+    [
+        (None, None),
+        ({"method": "pca"}, ("pca", 0.0)),  # epsilon and file have defaults
+        ({"method": "zca", "epsilon": 1, "file": "other.npz"}, ("zca", 1.0)),
+    ],
+)
+def test_whitening_entries_that_load(
+    tmp_path: Path, whitening: object, expected: tuple[str, float] | None
+) -> None:
+    root = tiny_preprocessing_artifact(tmp_path / "model", {**GRAY_8, "whitening": whitening})
+    loaded = load_artifact(root).preprocessing.whitening
+    assert (None if loaded is None else (loaded.method, loaded.epsilon)) == expected

@@ -20,9 +20,9 @@ from labeler.photos.fetching import (
     detect_kind,
     load_bytes,
     load_image,
-    read_photo_file,
     reference_of,
 )
+from labeler.photos.files import read_photo_file
 
 
 def pattern(width: int = 8, height: int = 6) -> np.ndarray:

@@ -837,13 +837,13 @@ def test_url_from_allowed_host(server: _Server) -> None:
 )
 def test_a_fully_qualified_host_is_the_same_host(url: str, allowed: str) -> None:
     from labeler.config.settings import Settings
-    from labeler.photos.fetching import _check_url
+    from labeler.photos.urls import check_url
 
     settings = Settings.model_validate({"database_url": "sqlite://", "url_allowed_hosts": allowed})
     config = LoaderConfig(allowed_hosts=frozenset(settings.url_allowed_hosts))
-    _check_url(url, config)  # allowed: no exception
+    check_url(url, config.allowed_hosts)  # allowed: no exception
     with pytest.raises(ImageError, match="not in the allow-list"):
-        _check_url("http://photos.example.org.evil.test/a.jpg", config)
+        check_url("http://photos.example.org.evil.test/a.jpg", config.allowed_hosts)
 
 
 @pytest.mark.parametrize(

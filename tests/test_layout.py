@@ -83,3 +83,11 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [n for n in Settings.model_fields if f"LABELER_{n.upper()}" not in readme]
     assert missing == [], f"settings missing from the README: {missing}"
+
+
+def test_photos_contract_names_every_photos_module() -> None:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    photos = next(c for c in contracts["contracts"] if c.get("containers") == ["labeler.photos"])
+    named = {m.strip() for layer in photos["layers"] for m in layer.split("|")}
+    modules = {p.stem for p in (ROOT / "labeler" / "photos").glob("*.py")} - {"__init__"}
+    assert named == modules, f"not in the photos contract: {sorted(modules - named)}"

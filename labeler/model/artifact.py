@@ -19,9 +19,11 @@ import json
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic_core import PydanticCustomError
 
 from labeler.model.metadata import (
     FORMAT,
@@ -30,9 +32,10 @@ from labeler.model.metadata import (
     MODEL_FILE,
     Kind,
     View,
+    describe_errors,
     parse_metadata,
 )
-from labeler.model.preprocessing import PreprocessingConfig, Whitening
+from labeler.model.preprocessing import PreprocessingConfig, Whitening, WhiteningMethod
 
 METADATA_FILE = "metadata.json"
 ONNX_MODEL_FILE = "model.onnx"
@@ -211,6 +214,40 @@ def save_artifact(
     return load_artifact(root)
 
 
+def _object_or_null(value: Any) -> Any:
+    """Refused in JSON's words, where pydantic would name this module's class."""
+    if value is not None and not isinstance(value, dict):
+        raise PydanticCustomError("object_or_null", "must be an object or null")
+    return value
+
+
+# Pixels a side that this labeler serves (the chain itself takes any positive size).
+ServedSide = Annotated[int, Field(ge=8, le=4096)]
+
+
+class WhiteningEntry(BaseModel):
+    """``preprocessing.whitening``: how the arrays in ``file`` (beside metadata.json) were
+    fitted. Unknown keys are refused, as in the chain: a misspelt ``file`` would otherwise
+    load the default file silently."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    method: WhiteningMethod
+    epsilon: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
+    file: str = WHITENING_FILE
+
+
+class _Served(BaseModel):
+    """What serving needs of the preprocessing section beyond the chain's own rules
+    (``PreprocessingConfig.from_dict``), which it is validated after."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    image_size: tuple[ServedSide, ServedSide]
+    # JSON null, or no key, is no whitening.
+    whitening: Annotated[WhiteningEntry | None, BeforeValidator(_object_or_null)] = None
+
+
 def _parse_preprocessing(root: Path, raw: Any) -> PreprocessingConfig:
     if not isinstance(raw, dict):
         raise ArtifactError(f"{root}: preprocessing must be an object")
@@ -219,30 +256,28 @@ def _parse_preprocessing(root: Path, raw: Any) -> PreprocessingConfig:
         config = PreprocessingConfig.from_dict(chain)
     except ValueError as exc:
         raise ArtifactError(f"{root}: {exc}") from exc
-    height, width = config.image_size
-    if not (8 <= height <= 4096 and 8 <= width <= 4096):
-        raise ArtifactError(f"{root}: preprocessing.image_size {height}x{width} is out of range")
-    spec = raw.get("whitening")
-    if not spec:
+    try:
+        served = _Served.model_validate(
+            {"image_size": config.image_size, "whitening": raw.get("whitening")}
+        )
+    except ValidationError as exc:
+        raise ArtifactError(f"{root}: {describe_errors(exc, 'preprocessing')}") from None
+    spec = served.whitening
+    if spec is None:
         return config
-    if not isinstance(spec, dict):
-        raise ArtifactError(f"{root}: preprocessing.whitening must be an object or null")
-    path = root / str(spec.get("file", WHITENING_FILE))
+    path = root / spec.file
     if not path.is_file():
         raise ArtifactError(f"{root}: whitening file {path.name} is missing")
     with np.load(path) as data:
         mean, matrix = data["mean"], data["matrix"]
-    method = spec.get("method")
-    if method not in ("zca", "pca"):
-        raise ArtifactError(f"{root}: unknown whitening method {method!r}")
+    height, width = config.image_size
     features = height * width * config.channels
     if mean.shape != (features,) or matrix.shape[0] != mean.shape[0]:
         raise ArtifactError(
             f"{root}: whitening was fitted on {matrix.shape[0]} features but the image "
             f"chain produces {features}"
         )
-    whitening = Whitening(method, mean, matrix, float(spec.get("epsilon", 0.0)))
-    return replace(config, whitening=whitening)
+    return replace(config, whitening=Whitening(spec.method, mean, matrix, spec.epsilon))
 
 
 def _read_json(path: Path) -> Any:
