@@ -262,6 +262,16 @@ ZCA = {"method": "zca", "epsilon": 0.01, "file": "whitening.npz"}
             "preprocessing.whitening.file: Input should be a valid string (got 3)",
         ),
         (
+            {**GRAY_8, "whitening": {**ZCA, "file": "../../elsewhere/w.npz"}},
+            "preprocessing.whitening.file: String should match pattern "
+            "'^[A-Za-z0-9][A-Za-z0-9._-]*$' (got '../../elsewhere/w.npz')",
+        ),
+        (
+            {**GRAY_8, "whitening": {**ZCA, "file": "/etc/w.npz"}},
+            "preprocessing.whitening.file: String should match pattern "
+            "'^[A-Za-z0-9][A-Za-z0-9._-]*$' (got '/etc/w.npz')",
+        ),
+        (
             {**GRAY_8, "whitening": {**ZCA, "fiel": "other.npz"}},
             "preprocessing.whitening.fiel: unknown field (got 'other.npz')",
         ),

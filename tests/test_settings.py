@@ -137,9 +137,8 @@ def test_allowed_hosts_are_normalised_to_how_urls_are_matched(
 
     monkeypatch.setenv("LABELER_URL_ALLOWED_HOSTS", entry)
     assert load_settings().url_allowed_hosts == [expected]
-    # the form labeler.photos.fetching compares against: urlsplit(url).hostname, lower-cased,
-    # without
-    # the final dot of a fully qualified name
+    # the form labeler.photos.urls compares against: urlsplit(url).hostname, lower-cased,
+    # without the final dot of a fully qualified name
     host = entry.lower() if entry.startswith("[") else f"[{entry}]" if ":" in entry else entry
     assert (urlsplit(f"http://{host}:8080/a.jpg").hostname or "").lower().rstrip(".") == expected
 

@@ -234,7 +234,8 @@ class WhiteningEntry(BaseModel):
 
     method: WhiteningMethod
     epsilon: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
-    file: str = WHITENING_FILE
+    # A file name beside metadata.json, never a path: an artifact reads nothing outside itself.
+    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = WHITENING_FILE
 
 
 class _Served(BaseModel):

@@ -60,10 +60,9 @@ class ImageLimit:
 
     def stored_max(self) -> int:
         """The longest stored value that can still hold a photo within the limit, as
-        labeler.photos.fetching counts it: the limit itself for bytes; for text, base64 (4
-        characters
-        per 3 bytes, plus line breaks every 76 characters and a data: header) or hex (2 per
-        byte). ``auto`` may find base64, so it allows base64's length."""
+        labeler.photos.stored counts it: the limit itself for bytes; for text, base64 (4
+        characters per 3 bytes, plus line breaks every 76 characters and a data: header) or
+        hex (2 per byte). ``auto`` may find base64, so it allows base64's length."""
         if self.kind == "bytes":
             return self.max_bytes
         per_3_bytes = 6 if self.kind == "hex" else 4
