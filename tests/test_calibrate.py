@@ -27,7 +27,8 @@ from labeler.service.app import Service
 from labeler.service.cli import main
 from labeler.store import migrate
 from labeler.store.engine import make_engine
-from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, photo, threshold
+from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, group, photo, threshold
+from labeler.store.writeback import STAFF_REASON
 from tests.helpers import create_photos, png_bytes
 
 # --- statistics -------------------------------------------------------------------------------
@@ -325,3 +326,83 @@ def test_other_model_versions_are_calibrated_separately(
     with engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(photo)) == 2501
     engine.dispose()
+
+
+def test_calibrate_per_animal_weighs_animals_and_breeds_staff_set_in_their_own_screens(
+    decided: str,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With one answer per animal the evidence is animals: staff decide them with a reviewed
+    breed on labeler's side or by setting the breed in the shelter's own screen, which counts
+    through the breed map exactly like a review."""
+    version = load_artifact(tiny_artifact).version
+    rows, evidence = synthetic_rows(version)
+    breed_map = tmp_path / "map.csv"
+    breed_map.write_text("label,BreedID,BreedName\nbeagle,19,Beagle\npug,5,Pug\n")
+    values = {
+        "beagle": '{"BreedID": "19", "BreedName": "Beagle"}',
+        "pug": '{"BreedID": "5", "BreedName": "Pug"}',
+    }
+    animals = []
+    for i, r in enumerate(rows):
+        if r["model_version"] != version:
+            continue
+        staff = r["reviewed_breed"]
+        animal = {
+            "group_id": f"a{i}",
+            "status": r["status"],
+            "breed": "beagle",
+            "confidence": r["confidence"],
+            "confidence_2": r["confidence_2"],
+            "model_version": version,
+            "review_reason": r["review_reason"],
+            "audit": r["audit"],
+            "discovered_at": r["discovered_at"],
+            "updated_at": r["updated_at"],
+            "reviewed_breed": None,
+            "staff_values": None,
+            "written_values": None,
+        }
+        auto_label = r["status"] == LABELLED and not r["audit"]
+        if auto_label:
+            animal["written_values"] = values["beagle"]
+        if staff is not None and i % 2:
+            # Set in the shelter's own screen: recorded as labeler records a staff decision.
+            animal.update(
+                status=REVIEWED,
+                staff_values=values["beagle" if staff == "beagle" else "pug"],
+                review_reason=STAFF_REASON,
+            )
+        elif staff is not None:
+            animal["reviewed_breed"] = staff
+        animals.append(animal)
+    engine = create_engine(decided)
+    with engine.begin() as conn:
+        conn.execute(group.insert(), animals)
+    engine.dispose()
+    for key, value in {
+        "SOURCE_GROUP_COLUMN": "id",
+        "TARGET_TABLE": "animals",
+        "TARGET_KEY_COLUMN": "id",
+        "BREED_MAP": str(breed_map),
+        "TARGET_UNDECIDED": "BreedID=0",
+    }.items():
+        monkeypatch.setenv(f"LABELER_{key}", value)
+
+    expected = calibrate(evidence, 0.9)
+    assert main(["calibrate", "--target-precision", "0.9", "--apply"]) == 0
+    out = capsys.readouterr().out
+    assert "one answer per animal" in out
+    assert f"evidence: {expected.rows_used} reviewed rows" in out
+    (row,) = stored(decided)
+    assert row.review_threshold == pytest.approx(expected.threshold)
+    assert row.rows_used == expected.rows_used
+
+    # One answer per photo, the same database has no decided photo to learn from.
+    for key in ("SOURCE_GROUP_COLUMN", "TARGET_TABLE", "TARGET_KEY_COLUMN", "BREED_MAP"):
+        monkeypatch.delenv(f"LABELER_{key}")
+    monkeypatch.delenv("LABELER_TARGET_UNDECIDED")
+    assert main(["calibrate", "--target-precision", "0.9"]) == 1

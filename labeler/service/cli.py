@@ -317,17 +317,23 @@ def _trust_status(settings: Settings, session: Any) -> dict[str, Any]:
     }
 
 
-def _group_verdicts(settings: Settings, session: Any) -> list[Any]:
+def _breed_lookup(settings: Settings) -> Any:
+    """The breed map's label -> values, to compare breeds staff set in their own screens with
+    the model's answer; None without a usable map."""
     from labeler.shelter.breedmap import BreedMapError, load_breed_map
+
+    if settings.breed_map is None:
+        return None
+    try:
+        return load_breed_map(settings.breed_map).lookup
+    except (BreedMapError, OSError):
+        return None  # `check` reports a broken map; reviewed breeds still count
+
+
+def _group_verdicts(settings: Settings, session: Any) -> list[Any]:
     from labeler.store.staff import group_verdicts
 
-    lookup = None
-    if settings.breed_map is not None:
-        try:
-            lookup = load_breed_map(settings.breed_map).lookup
-        except (BreedMapError, OSError):
-            lookup = None  # `check` reports a broken map; status still shows reviewed breeds
-    return group_verdicts(session, lookup)
+    return group_verdicts(session, _breed_lookup(settings))
 
 
 def _print_trust_status(report: dict[str, Any]) -> None:
@@ -361,13 +367,19 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     from labeler.service.app import thresholds_in_force
     from labeler.store import evidence
     from labeler.store.engine import make_engine, session_factory, utc_now
+    from labeler.store.staff import animal_decided_rows
 
     artifact = load_artifact(settings.model_dir)
     version = args.model_version or artifact.version
     engine = make_engine(settings)
     with session_factory(engine)() as session:
         in_force = thresholds_in_force(settings, session, artifact)
-        rows = evidence.decided_rows(session, version)
+        # One answer per animal: the threshold decides animals, and staff decide animals (on
+        # labeler's side or in their own screens), so animals are the evidence.
+        if settings.source_group_column:
+            rows = animal_decided_rows(session, _breed_lookup(settings), version)
+        else:
+            rows = evidence.decided_rows(session, version)
         stored = evidence.calibrated_threshold(session, version)
     current = in_force.review_threshold if version == artifact.version else None
     if current is None and stored is not None:
@@ -385,7 +397,10 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     except CalibrationRefused as exc:
         print(f"calibrate: no threshold for model {version}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(f"model {version}")
+    print(
+        f"model {version}"
+        + (" (one answer per animal: animals)" if settings.source_group_column else "")
+    )
     print(result.evidence(current))
     if settings.review_threshold is not None:
         print(

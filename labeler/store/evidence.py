@@ -116,23 +116,31 @@ def staff_decided_photos(session: Session) -> list[dict[str, Any]]:
     return [dict(r) for r in rows.mappings()]
 
 
-def group_decided_rows(session: Session) -> list[dict[str, Any]]:
-    """Every animal a model version decided, with staff's decision if any (for ``status``)."""
+def group_decided_rows(
+    session: Session, model_version: str | None = None
+) -> list[dict[str, Any]]:
+    """Every animal a model version decided (``model_version``: only that one's), with staff's
+    decision if any (for ``status`` and ``calibrate``)."""
+    conditions: list[ColumnElement[bool]] = [
+        group.c.status.in_(_DECIDED_STATUSES),
+        group.c.model_version.is_not(None),
+        group.c.breed.is_not(None),
+    ]
+    if model_version is not None:
+        conditions.append(group.c.model_version == model_version)
     rows = session.execute(
         select(
             group.c.model_version,
             group.c.breed,
+            group.c.confidence,
+            group.c.confidence_2,
             group.c.audit,
             group.c.review_reason,
             group.c.reviewed_breed,
             group.c.refused_breed,
             group.c.staff_values,
             group.c.written_values,
-        ).where(
-            group.c.status.in_(_DECIDED_STATUSES),
-            group.c.model_version.is_not(None),
-            group.c.breed.is_not(None),
-        )
+        ).where(*conditions)
     )
     return [dict(r) for r in rows.mappings()]
 

@@ -228,42 +228,51 @@ def _refuse_review(session: Session, row: Mapping[str, Any], reason: str, now: d
     return "refused"
 
 
+def _animal_verdict(
+    row: Mapping[str, Any], lookup: Callable[[str], Mapping[str, str] | None] | None
+) -> tuple[bool, bool, bool | None]:
+    """(written without a human, an audit, staff agree: None when staff have not decided) for
+    one decided animal: a reviewed breed on labeler's side, or the breed they set in their own
+    UI, compared with the animal's answer through the breed map."""
+    breed = str(row["breed"])
+    agrees: bool | None = None
+    refused = row["reviewed_breed"] is not None and row["reviewed_breed"] == row.get(
+        "refused_breed"
+    )
+    if refused:
+        agrees = None  # a value labeler could not use says nothing about the answer
+    elif row["reviewed_breed"]:
+        agrees = str(row["reviewed_breed"]).strip().lower() == breed.strip().lower()
+    else:
+        staff = parse_values(row["staff_values"])
+        wanted = lookup(breed) if lookup else None
+        if staff is not None:
+            # Column names as the server reports them (PostgreSQL folds them to lower case)
+            # against the breed map's spelling.
+            agrees = same_values(
+                {k.lower(): v for k, v in staff.items()},
+                {k.lower(): v for k, v in wanted.items()} if wanted else None,
+            )
+    audit = bool(row["audit"])
+    # Staff changing a record that still held labeler's own write corrected an auto-label:
+    # it was written without a human, and staff's breed counts against that, not as a
+    # doubtful animal (recording their decision replaced the animal's review_reason).
+    corrected_write = (
+        bool(row["staff_values"])
+        and row.get("written_values") is not None
+        and row["reviewed_breed"] is None
+    )
+    auto = not audit and (row["review_reason"] is None or corrected_write)
+    return auto, audit, agrees
+
+
 def group_verdicts(
     session: Session, lookup: Callable[[str], Mapping[str, str] | None] | None
 ) -> list[GroupVerdict]:
-    """What staff said about each decided animal: a reviewed breed on labeler's side, or the
-    breed they set in their own UI, compared with the animal's answer through the breed map."""
+    """What staff said about each decided animal (for ``status``)."""
     verdicts = []
     for row in evidence.group_decided_rows(session):
-        breed = str(row["breed"])
-        agrees: bool | None = None
-        refused = row["reviewed_breed"] is not None and row["reviewed_breed"] == row.get(
-            "refused_breed"
-        )
-        if refused:
-            agrees = None  # a value labeler could not use says nothing about the answer
-        elif row["reviewed_breed"]:
-            agrees = str(row["reviewed_breed"]).strip().lower() == breed.strip().lower()
-        else:
-            staff = parse_values(row["staff_values"])
-            wanted = lookup(breed) if lookup else None
-            if staff is not None:
-                # Column names as the server reports them (PostgreSQL folds them to lower case)
-                # against the breed map's spelling.
-                agrees = same_values(
-                    {k.lower(): v for k, v in staff.items()},
-                    {k.lower(): v for k, v in wanted.items()} if wanted else None,
-                )
-        audit = bool(row["audit"])
-        # Staff changing a record that still held labeler's own write corrected an auto-label:
-        # it was written without a human, and staff's breed counts against that, not as a
-        # doubtful animal (recording their decision replaced the animal's review_reason).
-        corrected_write = (
-            bool(row["staff_values"])
-            and row.get("written_values") is not None
-            and row["reviewed_breed"] is None
-        )
-        auto = not audit and (row["review_reason"] is None or corrected_write)
+        auto, audit, agrees = _animal_verdict(row, lookup)
         verdicts.append(
             GroupVerdict(
                 model_version=str(row["model_version"]),
@@ -274,3 +283,28 @@ def group_verdicts(
             )
         )
     return verdicts
+
+
+def animal_decided_rows(
+    session: Session,
+    lookup: Callable[[str], Mapping[str, str] | None] | None,
+    model_version: str,
+) -> list[dict[str, Any]]:
+    """Every animal this model version decided, in the form ``calibrate`` weighs (the twin of
+    :func:`labeler.store.evidence.decided_rows`): an animal's answer is what reaches the
+    record, and the threshold is applied to its combined confidence."""
+    out = []
+    for row in evidence.group_decided_rows(session, model_version):
+        auto, audit, agrees = _animal_verdict(row, lookup)
+        out.append(
+            {
+                "confidence": row["confidence"],
+                "confidence_2": row["confidence_2"],
+                "breed": row["breed"],
+                "audit": audit,
+                "auto": auto,
+                "reviewed": agrees is not None,
+                "agree": agrees,
+            }
+        )
+    return out
