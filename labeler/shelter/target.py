@@ -62,6 +62,24 @@ class Target:
             for name, value in self.stamps.items()
         }
 
+    def same(self, current: Mapping[str, str | None], wanted: Mapping[str, str] | None) -> bool:
+        """The record holds ``wanted`` in the columns ``wanted`` names, compared as the columns'
+        types: ``0019`` in the map is the ``19`` an integer column holds."""
+        if not wanted:
+            return False
+        for name, value in wanted.items():
+            held = current.get(name)
+            if held is None or held == value:
+                if held != value:
+                    return False
+                continue
+            try:
+                if self.typed({name: held}) != self.typed({name: value}):
+                    return False
+            except TargetValueError:
+                return False
+        return True
+
     def replaced(self, current: Mapping[str, str | None]) -> dict[str, str | None]:
         """What an undecided record holds in the map's columns the undecided values leave out
         (ASM3's Breed2ID and CrossBreed): kept at labeler's first write, for a withdrawal."""

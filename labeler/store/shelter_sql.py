@@ -121,17 +121,16 @@ def write_target(
     last_written: Mapping[str, str] | None,
 ) -> int:
     """Set the breed on the animal's record, in ONE statement guarded by what the record holds:
-    the undecided values or exactly what labeler wrote last. 0: someone else decided. Changes
-    at most one record (:class:`NotOneRecord` otherwise)."""
+    exactly what labeler wrote last (``last_written``), or the undecided values when labeler
+    has nothing on the record. 0: someone else decided (a person who set the record back to
+    the undecided values after labeler's write decided too). Changes at most one record
+    (:class:`NotOneRecord` otherwise)."""
     table = target.table
-    undecided = target.typed(target.undecided)
-    allowed = [and_(*[table.c[c] == v for c, v in undecided.items()])]
-    if last_written:
-        allowed.append(and_(*[table.c[c] == v for c, v in target.typed(last_written).items()]))
+    expected = target.typed(last_written) if last_written else target.typed(target.undecided)
     statement = (
         update(table)
         .where(*same_key(session, target.key, target.key_value(group_id), group_id))
-        .where(or_(*allowed))
+        .where(and_(*[table.c[c] == v for c, v in expected.items()]))
         .values(**target.typed(values), **stamp_values(target))
     )
     return one_record(session, target, group_id, statement)

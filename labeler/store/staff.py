@@ -24,9 +24,11 @@ from labeler.store.schema import GONE, NEEDS_REVIEW, REVIEWED
 from labeler.store.writeback import (
     WRITE_DENIED,
     WriteDenied,
+    held_values,
     is_undecided,
     record_gone,
     record_staff,
+    staff_changed,
     staff_or_gone,
     write_record,
 )
@@ -66,9 +68,7 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
                 # otherwise wait in the review queue for a record nobody can open.
                 _gone_if_still_open(session, target, str(r["group_id"]), now)
                 continue
-            if is_undecided(target, values):
-                continue
-            if same_values(values, parse_values(r["written_values"])):
+            if not staff_changed(target, values, parse_values(r["written_values"])):
                 continue
             # Another labeler may have written this animal since the read above: decide again
             # with the row locked and the record read afresh.
@@ -77,9 +77,7 @@ def sync_staff(session: Session, target: Target, now: datetime, limit: int = 500
             values = shelter_sql.read_targets(session, target, [gid]).get(gid)
             if fresh is None or fresh["staff_values"] or values is None:
                 continue
-            if is_undecided(target, values) or same_values(
-                values, parse_values(fresh["written_values"])
-            ):
+            if not staff_changed(target, values, parse_values(fresh["written_values"])):
                 continue
             record_staff(session, gid, values, now)
             found += 1
@@ -150,15 +148,14 @@ def apply_review(
     current = shelter_sql.read_targets(session, target, [group_id]).get(group_id)
     if current is None:
         return record_gone(session, target, group_id, now)
-    if not (
-        is_undecided(target, current)
-        or same_values(current, written)
-        or same_values(current, values)
-    ):
+    # A reviewed breed is a person's instruction to write: it goes onto a record that holds
+    # labeler's write or the undecided values (an undo in the shelter's screen included).
+    holds_ours = target.same(current, written)
+    if not (is_undecided(target, current) or holds_ours or target.same(current, values)):
         return record_staff(session, group_id, current, now)
     try:
-        if not same_values(current, values) and not write_record(
-            session, target, group_id, values, written
+        if not target.same(current, values) and not write_record(
+            session, target, group_id, values, written if holds_ours else None
         ):
             return staff_or_gone(session, target, group_id, now)
     except WriteDenied as exc:
@@ -174,7 +171,7 @@ def apply_review(
         group_id,
         {
             "status": REVIEWED,
-            "written_values": values_json(values),
+            "written_values": values_json(held_values(session, target, group_id, values)),
             "written_at": now,
             "last_error": None,
             "updated_at": now,

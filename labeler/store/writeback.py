@@ -20,7 +20,7 @@ from labeler.core.textsafe import id_list, storable
 from labeler.decide.audit import is_audit
 from labeler.decide.decision import Thresholds
 from labeler.decide.grouping import decide_group, parse_scores
-from labeler.shelter.target import Target, parse_replaced, parse_values, same_values, values_json
+from labeler.shelter.target import Target, parse_replaced, parse_values, values_json
 from labeler.store import animals, shelter_sql
 from labeler.store.engine import short_error, source_error_kind
 from labeler.store.schema import FAILED, GONE, LABELLED, NEEDS_REVIEW, PENDING, REVIEWED, group
@@ -103,7 +103,27 @@ class GroupPolicy:
 
 
 def is_undecided(target: Target, current: Mapping[str, str | None]) -> bool:
-    return same_values(current, target.undecided)
+    return target.same(current, target.undecided)
+
+
+def staff_changed(
+    target: Target, current: Mapping[str, str | None], written: Mapping[str, str] | None
+) -> bool:
+    """A person changed the record: it no longer holds what labeler wrote last (whatever it
+    holds now, the undecided values too: an undo), or, with nothing of labeler's on it, it no
+    longer holds the undecided values."""
+    if written:
+        return not target.same(current, written)
+    return not is_undecided(target, current)
+
+
+def held_values(
+    session: Session, target: Target, group_id: str, columns: Mapping[str, Any]
+) -> dict[str, str | None]:
+    """What the record holds now in ``columns``, as the database returns it: what labeler
+    keeps as written, so that its own write is never taken for a staff change."""
+    current = shelter_sql.read_targets(session, target, [group_id]).get(group_id) or {}
+    return {name: current.get(name) for name in columns}
 
 
 def record_staff(
@@ -223,18 +243,19 @@ def settle_group(
             result.update(
                 status=GONE, review_reason=None, last_error=no_record_reason(target, group_id)
             )
-        elif not is_undecided(target, current) and not same_values(current, written):
+        elif staff_changed(target, current, written):
             return record_staff(session, group_id, current, now)
         elif decision.status == LABELLED and decision.values is not None:
             try:
-                if not same_values(current, decision.values) and not write_record(
+                if not target.same(current, decision.values) and not write_record(
                     session, target, group_id, decision.values, written
                 ):
                     return staff_or_gone(session, target, group_id, now)
             except WriteDenied as exc:
                 return _denied(session, group_id, result, str(exc), now)
-            result.update(written_values=values_json(decision.values), written_at=now)
-            if is_undecided(target, current) and not same_values(current, decision.values):
+            held = held_values(session, target, group_id, decision.values)
+            result.update(written_values=values_json(held), written_at=now)
+            if is_undecided(target, current) and not target.same(current, decision.values):
                 # labeler's first write on this record: what it replaces is what a withdrawal
                 # gives back.
                 result.update(replaced_values=values_json(target.replaced(current)))
