@@ -19,20 +19,19 @@ from pathlib import Path
 
 from labeler.config.settings import Settings
 from labeler.core.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
+from labeler.decide.adapt import AdaptRefused, Decided, adapt
+from labeler.model.artifact import METADATA_FILE, ArtifactError, load_artifact
+from labeler.service.app import thresholds_in_force
+from labeler.shelter.breedmap import load_breed_map
+from labeler.store import evidence
+from labeler.store.engine import make_engine, session_factory
+from labeler.store.staff import reviewed_label
 
 
 def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
-    from labeler.decide.adapt import AdaptRefused, Decided, adapt
-    from labeler.model.artifact import METADATA_FILE, ArtifactError, load_artifact
-    from labeler.service.app import thresholds_in_force
-    from labeler.store import evidence
-    from labeler.store.engine import make_engine, session_factory
-
     artifact = load_artifact(settings.model_dir)
     label_of_values = None
     if settings.breed_map is not None:
-        from labeler.shelter.breedmap import load_breed_map
-
         label_of_values = load_breed_map(settings.breed_map).label_for
     engine = make_engine(settings)
     with session_factory(engine)() as session:
@@ -119,7 +118,6 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
 def _staff_label(row: dict[str, object], label_of_values: object) -> str | None:
     """The model label staff chose: a reviewed breed on the photo or its animal, or the breed
     they set in their own UI mapped back through the breed map."""
-    from labeler.store.staff import reviewed_label
 
     for key in ("reviewed_breed", "group_reviewed_breed"):
         value = row.get(key)

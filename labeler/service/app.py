@@ -23,7 +23,8 @@ from labeler.photos.decoding import DecodeLimits
 from labeler.photos.fetching import LoaderConfig
 from labeler.shelter.source import Source, SourceError, reflect_source
 from labeler.shelter.target import Target, reflect_target
-from labeler.store.engine import RetryPolicy, make_engine, utc_now
+from labeler.store import evidence, migrate, runs, source_rows
+from labeler.store.engine import RetryPolicy, make_engine, session_factory, utc_now, with_retries
 from labeler.store.seam import SqlStore
 from labeler.store.source_rows import ImageLimit
 
@@ -74,7 +75,6 @@ def load_classifier(settings: Settings, model_dir: Path | None = None) -> Classi
 def thresholds_in_force(settings: Settings, session: Session, artifact: Artifact) -> Thresholds:
     """The decision thresholds now: settings, else calibrated for this model version (stored
     by `labeler calibrate --apply`), else the artifact's."""
-    from labeler.store import evidence
 
     calibrated = evidence.calibrated_threshold(session, artifact.version)
     return resolve_thresholds(
@@ -109,7 +109,6 @@ class Service:
 
     def thresholds_in_force(self, stop: threading.Event | None = None) -> Thresholds:
         """Read at every pass, so `labeler calibrate --apply` takes effect without a restart."""
-        from labeler.store.engine import RetryPolicy, session_factory, with_retries
 
         def action() -> Thresholds:
             with session_factory(self.engine)() as session:
@@ -168,8 +167,6 @@ class Service:
 
     def abandon_dead_runs(self, stop: threading.Event) -> list[int]:
         """Close the runs of passes that were killed (SIGKILL, a power cut) as `abandoned`."""
-        from labeler.store import runs
-        from labeler.store.engine import RetryPolicy, session_factory, with_retries
 
         ttl = timedelta(seconds=self.settings.claim_ttl_seconds)
 
@@ -218,8 +215,6 @@ def check_photo_root(settings: Settings) -> str:
 def check_filter_matches(engine: Engine, source: Source) -> str:
     """SourceError when the source has rows but none passes the filter: a misspelt value
     ("Dog" for "dog") would otherwise label nothing, night after night, without a word."""
-    from labeler.store import source_rows
-    from labeler.store.engine import session_factory
 
     if not (source.filter_column and source.filter_values):
         return "no filter"
@@ -237,7 +232,6 @@ def check_filter_matches(engine: Engine, source: Source) -> str:
 
 def schema_at_head(engine: Engine) -> str:
     """The schema revision, or RuntimeError when it is not the one the code expects."""
-    from labeler.store import migrate
 
     current, head = migrate.current_revision(engine), migrate.head_revision(engine)
     if current != head:

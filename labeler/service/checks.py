@@ -12,8 +12,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from labeler.config.settings import Settings
 from labeler.core.textsafe import error_line
+from labeler.model.artifact import load_artifact
+from labeler.service.app import (
+    check_filter_matches,
+    check_photo_root,
+    load_classifier,
+    thresholds_in_force,
+)
+from labeler.shelter.breedmap import breed_table_problems, load_breed_map
+from labeler.shelter.source import reflect_source
+from labeler.shelter.target import reflect_target
+from labeler.store import migrate, runs, shelter_sql
+from labeler.store.check_sql import check_source_rows, check_target
+from labeler.store.engine import make_engine, session_factory, short_error
 
 
 @dataclass(frozen=True)
@@ -31,17 +46,12 @@ class CheckContext:
 
 
 def database(ctx: CheckContext) -> str:
-    from labeler.store import runs
-    from labeler.store.engine import session_factory
-
     with session_factory(ctx.engine)() as session:
         runs.ping(session)
     return ctx.settings.safe_database_url()
 
 
 def migrations(ctx: CheckContext) -> str:
-    from labeler.store import migrate
-
     current, head = migrate.current_revision(ctx.engine), migrate.head_revision(ctx.engine)
     if current != head:
         raise RuntimeError(
@@ -56,16 +66,11 @@ def photo_source(ctx: CheckContext) -> str:
 
 
 def source_filter(ctx: CheckContext) -> str:
-    from labeler.service.app import check_filter_matches
-
     return check_filter_matches(ctx.engine, _source(ctx))
 
 
 def breed_map(ctx: CheckContext) -> str:
     """The map loads and agrees with the shelter's own breed table (LABELER_BREED_TABLE)."""
-    from sqlalchemy.orm import Session
-
-    from labeler.shelter.breedmap import breed_table_problems, load_breed_map
 
     settings = ctx.settings
     if settings.breed_map is None:
@@ -88,14 +93,10 @@ def breed_map(ctx: CheckContext) -> str:
 
 
 def photo_root(ctx: CheckContext) -> str:
-    from labeler.service.app import check_photo_root
-
     return check_photo_root(ctx.settings)
 
 
 def model(ctx: CheckContext) -> str:
-    from labeler.service.app import load_classifier
-
     ctx.loaded.append(load_classifier(ctx.settings))
     return str(ctx.loaded[0].artifact.describe())
 
@@ -112,8 +113,6 @@ def decision_threshold(ctx: CheckContext) -> str:
 
 def source_rows(ctx: CheckContext) -> str:
     """The filter selects rows, and not only by letter case."""
-    from labeler.store.check_sql import check_source_rows
-    from labeler.store.engine import session_factory
 
     src = _source(ctx)
     with session_factory(ctx.engine)() as session:
@@ -123,11 +122,6 @@ def source_rows(ctx: CheckContext) -> str:
 def write_back(ctx: CheckContext) -> str:
     """The breed map fits the target and one write-back runs, inside a transaction that is
     rolled back."""
-    from sqlalchemy.orm import Session
-
-    from labeler.shelter.source import reflect_source
-    from labeler.shelter.target import reflect_target
-    from labeler.store.check_sql import check_target
 
     with ctx.engine.connect() as conn:
         src = reflect_source(conn, ctx.settings)
@@ -149,10 +143,6 @@ def _source_write_back(src: Any, engine: Any) -> str:
     """The per-photo write-back (LABELER_WRITEBACK_BREED_COLUMN) runs on one source row, inside
     a transaction that is rolled back: a view that cannot be updated or a missing grant shows
     here, not as a failure of every row."""
-    from sqlalchemy.orm import Session
-
-    from labeler.store import shelter_sql
-    from labeler.store.engine import short_error
 
     with engine.connect() as conn:
         transaction = conn.begin()
@@ -171,8 +161,6 @@ def _source_write_back(src: Any, engine: Any) -> str:
 
 
 def _source(ctx: CheckContext) -> Any:
-    from labeler.shelter.source import reflect_source
-
     with ctx.engine.connect() as conn:
         return reflect_source(conn, ctx.settings)
 
@@ -196,7 +184,6 @@ CHECKS: tuple[tuple[str, Check], ...] = (
 
 def run_checks(settings: Settings) -> Iterator[CheckResult]:
     """Every check, in order, each as it finishes; none stops the others."""
-    from labeler.store.engine import make_engine
 
     ctx = CheckContext(settings, make_engine(settings))
     try:
@@ -215,10 +202,6 @@ def run_checks(settings: Settings) -> Iterator[CheckResult]:
 
 
 def threshold_in_force(settings: Settings, engine: Any, session: Any = None) -> dict[str, Any]:
-    from labeler.model.artifact import load_artifact
-    from labeler.service.app import thresholds_in_force
-    from labeler.store.engine import session_factory
-
     artifact = load_artifact(settings.model_dir)  # metadata only, no network
     if session is None:
         with session_factory(engine)() as own:

@@ -1,6 +1,8 @@
 """The `labeler` command: parses arguments, loads the settings, calls the modules that do the
 work and prints their results. Status and `check` reports are formatted here; no SQL, no
-labelling logic."""
+labelling logic. Each command imports the modules it needs inside its own function, so that
+``labeler --help`` and ``labeler health`` start without loading the model runtimes, the
+database layer or numpy; the modules it calls import at the top."""
 
 from __future__ import annotations
 
