@@ -42,7 +42,7 @@ class FakePhoto:
     breed: str | None = None
     review_reason: str | None = None
     audit: bool = False
-    group_id: str | None = None  # shelter fit: the animal
+    group_id: str | None = None  # the animal, with one answer per animal
     unreadable: bool = False  # fetching this row raises a permanent error (a hostile view)
     in_source: bool = True  # False: the row vanished from the source
 

@@ -121,25 +121,26 @@ def values_json(values: Mapping[str, str | None] | None) -> str | None:
 
 def parse_replaced(text: str | None) -> dict[str, str | None] | None:
     """``replaced_values`` as stored: like :func:`parse_values`, NULL columns kept as None."""
-    if not text:
-        return None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
+    data = _json_object(text)
+    if data is None:
         return None
     return {str(k): None if v is None else str(v) for k, v in data.items()}
 
 
 def parse_values(text: str | None) -> dict[str, str] | None:
+    """``written_values`` or ``staff_values`` as stored; None for none or an unreadable one."""
+    data = _json_object(text)
+    return None if data is None else {str(k): str(v) for k, v in data.items()}
+
+
+def _json_object(text: str | None) -> dict[Any, Any] | None:
     if not text:
         return None
     try:
         data = json.loads(text)
     except ValueError:
         return None
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
 
 
 def same_values(current: Mapping[str, str | None], wanted: Mapping[str, str] | None) -> bool:
