@@ -116,9 +116,7 @@ def staff_decided_photos(session: Session) -> list[dict[str, Any]]:
     return [dict(r) for r in rows.mappings()]
 
 
-def group_decided_rows(
-    session: Session, model_version: str | None = None
-) -> list[dict[str, Any]]:
+def group_decided_rows(session: Session, model_version: str | None = None) -> list[dict[str, Any]]:
     """Every animal a model version decided (``model_version``: only that one's), with staff's
     decision if any (for ``status`` and ``calibrate``)."""
     conditions: list[ColumnElement[bool]] = [
