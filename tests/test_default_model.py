@@ -19,8 +19,15 @@ from pathlib import Path
 import pytest
 
 from labeler.config.settings import Settings
-from labeler.core.paths import DEFAULT_MODEL_NAME, default_model_dir
+from labeler.core.paths import (
+    FLOAT_MODEL_NAME,
+    INT8_MODEL_NAME,
+    cpu_flags,
+    default_model_dir,
+    default_model_name,
+)
 from labeler.model.artifact import load_artifact
+from labeler.model.classifier import Classifier
 from tests.helpers import FULLFRAME, REPO
 
 # Runs inside the installed copy, with an empty cache folder: classify the 200 full-frame sample
@@ -65,10 +72,29 @@ print(json.dumps({"package": labeler.__file__, "model_dir": str(model_dir), "row
 """
 
 
+def test_the_default_is_the_int8_model_only_on_a_cpu_with_vnni(tmp_path: Path) -> None:
+    assert default_model_name(frozenset({"sse4_2", "avx2", "avx512_vnni"})) == INT8_MODEL_NAME
+    assert default_model_name(frozenset({"avx2", "avx_vnni"})) == INT8_MODEL_NAME
+    assert default_model_name(frozenset({"sse4_2", "avx2", "avx512f"})) == FLOAT_MODEL_NAME
+    assert default_model_name(frozenset()) == FLOAT_MODEL_NAME  # flags unknown: float
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512_vnni\n\nprocessor\t: 1\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx2", "avx512_vnni"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    assert default_model_dir(FLOAT_MODEL_NAME).name == FLOAT_MODEL_NAME
+
+
+@pytest.mark.parametrize("name", [INT8_MODEL_NAME, FLOAT_MODEL_NAME])
+def test_both_packaged_models_load_and_pass_their_check(name: str) -> None:
+    classifier = Classifier.load(default_model_dir(name))
+    assert "from the artifact" in classifier.runtime.description
+    assert len(classifier.artifact.labels) == 121
+
+
 def test_settings_default_to_the_packaged_model() -> None:
     assert Settings.model_fields["model_dir"].default_factory is default_model_dir
     path = default_model_dir()
-    assert path.name == DEFAULT_MODEL_NAME
+    assert path.name == default_model_name()
     art = load_artifact(path)
     assert art.kind in ("transfer", "zero_shot")
     # The 120 breeds, and the class for a photo without a dog.
@@ -113,7 +139,8 @@ def test_installed_package_labels_full_frames_with_its_default_model(tmp_path: P
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    assert (site / "labeler" / "_models" / DEFAULT_MODEL_NAME / "model.onnx").is_file()
+    for name in (INT8_MODEL_NAME, FLOAT_MODEL_NAME):
+        assert (site / "labeler" / "_models" / name / "model.onnx").is_file()
     env = {
         **os.environ,
         "PYTHONPATH": str(site),
@@ -132,7 +159,7 @@ def test_installed_package_labels_full_frames_with_its_default_model(tmp_path: P
     assert probe.returncode == 0, probe.stderr[-3000:]
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     assert Path(result["package"]).is_relative_to(site)
-    assert Path(result["model_dir"]) == site / "labeler" / "_models" / DEFAULT_MODEL_NAME
+    assert Path(result["model_dir"]) == site / "labeler" / "_models" / default_model_name()
     assert "from the artifact" in result["runtime"], result["runtime"]
     rows = result["rows"]
     assert len(rows) == 200

@@ -26,7 +26,7 @@ from labeler.model.artifact import save_artifact
 from labeler.model.classifier import calibrate
 from labeler.model.preprocessing import PreprocessingConfig
 from labeler.model.runtime import CHECK_FILE, ONNX_FILE, OnnxRuntime, check_images
-from training import animal_rule
+from training import animal_rule, quantize
 from training import calibration as cal_metrics
 from training.data import Dataset, discover, load_images, read_breeds_tsv
 from training.features import cached
@@ -79,6 +79,40 @@ def add_arguments(p: argparse.ArgumentParser, shared: Path) -> None:
         default=0.3,
         help="ImageNet dog probability under "
         "which a photo is 'not a dog'; 0 disables the not_a_dog class",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="int8: statically quantize the backbone (ONNX Runtime, QDQ, per-channel weights) "
+        "with activation ranges from --quantize-data photos, then fit every rule on the "
+        "quantized network's outputs",
+    )
+    p.add_argument(
+        "--quantize-data",
+        default=None,
+        help="photos whose activations calibrate the quantization (default: --data, the "
+        "Stanford Dogs training crops); never the full-frame calibration photos",
+    )
+    p.add_argument("--quantize-images", type=int, default=300)
+    p.add_argument("--quantize-method", choices=quantize.METHODS, default="minmax")
+    p.add_argument("--quantize-per-channel", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--quantize-activations", choices=quantize.ACTIVATION_TYPES, default="uint8")
+    p.add_argument(
+        "--quantize-symmetric-activations", action=argparse.BooleanOptionalAction, default=False
+    )
+    p.add_argument(
+        "--quantize-reduce-range",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="7-bit weights (for x86 CPUs without VNNI, where u8s8 products can saturate)",
+    )
+    p.add_argument(
+        "--quantize-exclude",
+        type=lambda text: tuple(x for x in text.split(",") if x),
+        default=(quantize.CLASSIFIER,),
+        help="comma list of nodes kept in float: node names, 'first-conv', 'classifier' "
+        "(default: classifier; an empty string quantizes everything)",
     )
     p.add_argument("--feature-cache-dir", default="runs/feature-cache")
     p.add_argument("--output", required=True)
@@ -181,15 +215,23 @@ def _trained_head(
 def run_onnx(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     spec: BackboneSpec = KNOWN_BACKBONES[args.backbone]
-    weights_path = Path(args.weights_dir) / spec.file
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"backbone weights {weights_path} do not exist")
-    digest = _sha256(weights_path)
+    float_path = Path(args.weights_dir) / spec.file
+    if not float_path.is_file():
+        raise FileNotFoundError(f"backbone weights {float_path} do not exist")
+    float_digest = _sha256(float_path)
+    cache_dir = Path(args.feature_cache_dir) if args.feature_cache_dir else None
+    weights_path, digest = float_path, float_digest
+    quantization: dict[str, Any] | None = None
+    if getattr(args, "quantize", "none") == "int8":
+        weights_path, quantization = _quantized_backbone(
+            float_path, float_digest, spec, args, cache_dir
+        )
+        # Features, logits and every rule below come from the quantized network.
+        digest = _sha256(weights_path)
     backbone = OnnxBackbone(weights_path, spec, threads=0)
     names_by_synset = read_breeds_tsv(Path(args.breeds_tsv))
     synsets = sorted(names_by_synset)
     breeds = [names_by_synset[s] for s in synsets]
-    cache_dir = Path(args.feature_cache_dir) if args.feature_cache_dir else None
 
     extra: dict[str, Any] = {}
     if args.head == "imagenet":
@@ -287,13 +329,15 @@ def run_onnx(args: argparse.Namespace) -> Path:
         "the rest to review; a photo without a dog goes to review as 'not_a_dog'."
     )
     training_data = extra.pop("training_data", None)
+    quantization_data = quantization.pop("calibration_data", None) if quantization else None
     metadata_extra = {
         "backbone": {
             "name": spec.name,
             "weights_file": spec.file,
-            "weights_sha256": digest,
+            "weights_sha256": float_digest,
             "head": args.head,
             "dog_gate": gate,
+            **({"quantization": quantization} if quantization else {}),
         },
         "metrics": {
             "fullframe": full,
@@ -315,6 +359,7 @@ def run_onnx(args: argparse.Namespace) -> Path:
                 "photos": len(calibration),
             },
             **({"training": training_data} if training_data else {}),
+            **({"quantization": quantization_data} if quantization_data else {}),
         },
         "training": {
             "command": "python -m training onnx",
@@ -325,6 +370,7 @@ def run_onnx(args: argparse.Namespace) -> Path:
             "dog_gate": gate,
             "seed": args.seed,
             "calibration_data": Path(args.calibration_data).name,
+            **(_quantize_switches(args) if quantization else {}),
         },
     }
     save_artifact(
@@ -355,6 +401,93 @@ def run_onnx(args: argparse.Namespace) -> Path:
     for row in animals[f"evidence_{evidence:g}"]:
         print(f"  {row}")
     return out
+
+
+def _quantize_options(args: argparse.Namespace) -> quantize.QuantizeOptions:
+    return quantize.QuantizeOptions(
+        images=args.quantize_images,
+        method=args.quantize_method,
+        per_channel=args.quantize_per_channel,
+        activations=args.quantize_activations,
+        symmetric_activations=args.quantize_symmetric_activations,
+        reduce_range=args.quantize_reduce_range,
+        exclude=tuple(args.quantize_exclude),
+        seed=args.seed,
+    )
+
+
+def _quantize_switches(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--quantize*`` switches as ``metadata.json``'s ``training`` section records them."""
+    options = _quantize_options(args)
+    return {
+        "quantize": "int8",
+        "quantize_data": Path(args.quantize_data or args.data).name,
+        "quantize_images": options.images,
+        "quantize_method": options.method,
+        "quantize_per_channel": options.per_channel,
+        "quantize_activations": options.activations,
+        "quantize_symmetric_activations": options.symmetric_activations,
+        "quantize_reduce_range": options.reduce_range,
+        "quantize_exclude": list(options.exclude),
+    }
+
+
+def _quantized_backbone(
+    float_path: Path,
+    float_digest: str,
+    spec: BackboneSpec,
+    args: argparse.Namespace,
+    cache_dir: Path | None,
+) -> tuple[Path, dict[str, Any]]:
+    """The int8 backbone (cached beside the features) and what metadata records about it.
+
+    Its activation ranges come from a seeded, class-stratified sample of ``--quantize-data``
+    (the training crops by default); the full-frame calibration photos stay unseen by it."""
+    import onnxruntime
+
+    options = _quantize_options(args)
+    source = Path(args.quantize_data or args.data)
+    if source.resolve() == Path(args.calibration_data).resolve():
+        raise ValueError(
+            f"--quantize-data {source} is the calibration set: the quantization must not see "
+            "the photos its rules are fitted and measured on"
+        )
+    photos = discover(source, args.breeds_tsv)
+    chosen = quantize.calibration_sample(photos.labels, options.images, seed=options.seed)
+    files = [photos.relative(int(i)) for i in chosen]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "weights": float_digest,
+                "options": options.as_dict(),
+                "files": files,
+                "onnxruntime": onnxruntime.__version__,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
+    folder = cache_dir if cache_dir is not None else Path(args.output).parent / ".quantized"
+    path = folder / f"{spec.name}-int8-{key}.onnx"
+    info_path = path.with_suffix(".json")
+    if path.is_file() and info_path.is_file():
+        info = json.loads(info_path.read_text())
+        log.info("quantized backbone from the cache: %s", path)
+    else:
+        prep = PreprocessingConfig(image_size=(spec.size, spec.size), resize_mode="center_crop")
+        images = load_images([photos.paths[int(i)] for i in chosen], prep, args.workers)
+        scratch = path.with_name(f".{path.name}.tmp")
+        info = quantize.quantize_backbone(float_path, spec, images, scratch, options)
+        info["onnxruntime"] = onnxruntime.__version__
+        info["calibration_data"] = {
+            "name": source.name,
+            "photos": len(files),
+            "files_sha256": hashlib.sha256("\n".join(files).encode()).hexdigest(),
+        }
+        scratch.replace(path)
+        info_path.write_text(json.dumps(info, indent=2) + "\n")
+    info["quantized_sha256"] = _sha256(path)
+    info.pop("seconds", None)
+    return path, info
 
 
 def _check_graph(path: Path, images: np.ndarray, reference: np.ndarray) -> float:
