@@ -121,3 +121,33 @@ def test_photos_past_the_fitted_sizes_add_no_more_evidence() -> None:
     assert combine(eight, evidence=0.0).confidence == pytest.approx(
         combine(four, evidence=0.0).confidence
     )
+
+
+def test_each_animal_size_takes_its_own_evidence() -> None:
+    rule = Thresholds(
+        review_threshold=0.9, animal_evidence=1.0, animal_evidence_by_photos=(0.2, 0.5, 0.7)
+    )
+    assert [rule.evidence_for(n) for n in (1, 2, 3, 4, 9)] == [1.0, 0.2, 0.5, 0.7, 0.7]
+    assert Thresholds(review_threshold=0.9, animal_evidence=0.6).evidence_for(3) == 0.6
+    # Two photos at 0.85 pass 0.9 only with the strong pooling of the two-photo evidence.
+    two = [photo("1", "beagle", 0.85), photo("2", "beagle", 0.85)]
+    assert decide_group(two, rule, margin=1.0).status == LABELLED
+    assert decide_group(two, Thresholds(review_threshold=0.9), margin=1.0).status == NEEDS_REVIEW
+
+
+def test_fit_evidence_by_size_is_fit_evidence_one_size_at_a_time() -> None:
+    logp, views, labels = _world(correlated_errors=False)
+    by_size = animal_rule.fit_evidence_by_size(logp, views, labels, 0.85, 0.95, reject=[])
+    assert len(by_size) == len(animal_rule.ANIMAL_SIZES)
+    overall = animal_rule.fit_evidence(logp, views, labels, 0.85, 0.95, reject=[])
+    # The overall fit needs every size to pass at once: no size needs more than that.
+    assert all(e <= overall for e in by_size)
+    for size, evidence in zip(animal_rule.ANIMAL_SIZES, by_size, strict=True):
+        alone = animal_rule.fit_evidence(logp, views, labels, 0.85, 0.95, reject=[], sizes=(size,))
+        assert evidence == alone
+    rows = animal_rule.outcomes_by_size(logp, views, labels, by_size, 0.85, reject=[])
+    assert {r.size for r in rows} == set(animal_rule.ANIMAL_SIZES)
+    assert all(r.outcome.auto == 0 or r.outcome.precision >= 0.95 for r in rows)
+    # Correlated errors: the four-view animal keeps the strict evidence on its own.
+    logp, views, labels = _world(correlated_errors=True)
+    assert animal_rule.fit_evidence_by_size(logp, views, labels, 0.85, 0.95, reject=[])[-1] == 0.85

@@ -93,6 +93,14 @@ def test_round_trip(tiny_artifact: Path) -> None:
         (lambda p: edit_metadata(p, tta="flip"), "tta: .*valid list"),
         (lambda p: edit_metadata(p, tta=["flip", "flip"]), "tta: .*distinct"),
         (lambda p: edit_metadata(p, decision={"animal_evidence": 1.5}), "animal_evidence"),
+        (
+            lambda p: edit_metadata(p, decision={"animal_evidence_by_photos": [0.5, 0.8]}),
+            "animal_evidence_by_photos: List should have at least 3 items",
+        ),
+        (
+            lambda p: edit_metadata(p, decision={"animal_evidence_by_photos": [0.5, 0.8, -1]}),
+            "animal_evidence_by_photos.2: Input should be greater than or equal to 0",
+        ),
         (lambda p: edit_metadata(p, output={"class_weights": [1.0]}), "class_weights has 1"),
         (lambda p: edit_metadata(p, output={"class_weights": [0.0] * 120}), "class_weights.0"),
         (

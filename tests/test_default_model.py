@@ -109,6 +109,8 @@ def test_settings_default_to_the_packaged_model() -> None:
     assert {"dingo", "dhole", "African_hunting_dog", "not_a_dog"} <= art.reject_labels
     # Photos of one animal count for more than one photo, but less than independent ones.
     assert 0.0 < art.decision.animal_evidence < 1.0
+    by_size = art.decision.animal_evidence_by_photos
+    assert by_size is not None and len(by_size) == 3 and all(0.0 < e < 1.0 for e in by_size)
     assert "full-frame" in art.quality_note
 
 

@@ -14,7 +14,9 @@ the rule is bounded between two constructions made from calibration photos:
 
 :func:`fit_evidence` picks the smallest ``evidence`` whose auto-labels keep the target
 precision in *both* constructions for every animal size, so the precision promised holds
-even if an animal's photos are as alike as views of one photo.
+even if an animal's photos are as alike as views of one photo; :func:`fit_evidence_by_size`
+picks one per animal size (2, 3, 4 or more photos), each under the same condition, since how
+much a further photo adds depends on how many there are already.
 """
 
 from __future__ import annotations
@@ -106,14 +108,49 @@ def fit_evidence(
     reject: Sequence[int],
     grid: Sequence[float] = EVIDENCE_GRID,
     seed: int = 0,
+    sizes: Sequence[int] = ANIMAL_SIZES,
 ) -> float:
     """The smallest ``evidence`` whose every construction and size keeps ``target``
     precision; 1.0 (the geometric mean, no gain) when none does."""
     for evidence in sorted(grid):
-        found = outcomes(logp, view_logp, labels, evidence, threshold, reject, seed=seed)
+        found = outcomes(logp, view_logp, labels, evidence, threshold, reject, sizes, seed)
         if all(o.outcome.auto == 0 or o.outcome.precision >= target for o in found):
             return float(evidence)
     return 1.0
+
+
+def fit_evidence_by_size(
+    logp: np.ndarray,
+    view_logp: np.ndarray | None,
+    labels: np.ndarray,
+    threshold: float,
+    target: float,
+    reject: Sequence[int],
+    grid: Sequence[float] = EVIDENCE_GRID,
+    seed: int = 0,
+) -> list[float]:
+    """:func:`fit_evidence` for each animal size of :data:`ANIMAL_SIZES` on its own, in that
+    order (the last also serves larger animals)."""
+    return [
+        fit_evidence(logp, view_logp, labels, threshold, target, reject, grid, seed, (size,))
+        for size in ANIMAL_SIZES
+    ]
+
+
+def outcomes_by_size(
+    logp: np.ndarray,
+    view_logp: np.ndarray | None,
+    labels: np.ndarray,
+    evidence_by_size: Sequence[float],
+    threshold: float,
+    reject: Sequence[int],
+    seed: int = 0,
+) -> list[AnimalOutcome]:
+    """:func:`outcomes` with each animal size judged at its own evidence."""
+    found: list[AnimalOutcome] = []
+    for size, evidence in zip(ANIMAL_SIZES, evidence_by_size, strict=True):
+        found += outcomes(logp, view_logp, labels, evidence, threshold, reject, (size,), seed)
+    return found
 
 
 def summarise(found: Sequence[AnimalOutcome]) -> list[dict[str, object]]:

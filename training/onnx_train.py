@@ -270,6 +270,9 @@ def run_onnx(args: argparse.Namespace) -> Path:
     evidence = animal_rule.fit_evidence(
         photo_logp, view_logp, y, rule.threshold, args.animal_target, reject, seed=args.seed
     )
+    by_size = animal_rule.fit_evidence_by_size(
+        photo_logp, view_logp, y, rule.threshold, args.animal_target, reject, seed=args.seed
+    )
     animals = {
         f"evidence_{value:g}": [
             o.as_dict()
@@ -279,6 +282,12 @@ def run_onnx(args: argparse.Namespace) -> Path:
         ]
         for value in sorted({1.0, evidence, 0.0})
     }
+    animals["evidence_by_photos"] = [
+        o.as_dict()
+        for o in animal_rule.outcomes_by_size(
+            photo_logp, view_logp, y, by_size, rule.threshold, reject, seed=args.seed
+        )
+    ]
 
     out = Path(args.output)
     name = args.name or out.name
@@ -388,6 +397,7 @@ def run_onnx(args: argparse.Namespace) -> Path:
             "target_precision": target,
             "fitted_on": Path(args.calibration_data).name,
             "animal_evidence": evidence,
+            "animal_evidence_by_photos": by_size,
         },
         quality_note=note,
         extra=metadata_extra,
@@ -397,8 +407,8 @@ def run_onnx(args: argparse.Namespace) -> Path:
     scratch.rename(out)
     log.info("wrote %s in %.0f s", out, time.perf_counter() - started)
     print(note)
-    print(f"animal rule: evidence {evidence:g}")
-    for row in animals[f"evidence_{evidence:g}"]:
+    print(f"animal rule: evidence {by_size} for 2, 3, 4 or more photos")
+    for row in animals["evidence_by_photos"]:
         print(f"  {row}")
     return out
 

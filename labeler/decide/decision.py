@@ -30,8 +30,17 @@ class Thresholds:
     audit_share: float = 0.0
     # Where review_threshold came from, in words, for `labeler status` and `labeler check`.
     source: str = SOURCE_DEFAULT
-    # What a further photo of the same animal adds (labeler.decide.grouping.combine).
+    # What a further photo of the same animal adds (labeler.decide.grouping.combine), and,
+    # where the model has one, that per animal size (2, 3, 4 or more photos).
     animal_evidence: float = 1.0
+    animal_evidence_by_photos: tuple[float, ...] | None = None
+
+    def evidence_for(self, photos: int) -> float:
+        """The animal rule's evidence for an animal of ``photos`` photos."""
+        by_size = self.animal_evidence_by_photos
+        if by_size is None or photos < 2:
+            return self.animal_evidence
+        return by_size[min(photos, len(by_size) + 1) - 2]
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,7 @@ def resolve_thresholds(
         audit_share=audit_share,
         source=source,
         animal_evidence=artifact.decision.animal_evidence,
+        animal_evidence_by_photos=artifact.decision.animal_evidence_by_photos,
     )
 
 

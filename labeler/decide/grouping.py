@@ -112,7 +112,7 @@ def decide_group(
     passed every rule to staff instead, so audits sample exactly the answers labeler would
     have written."""
     ids = tuple(p.photo_id for p in photos)
-    prediction = combine(photos, evidence=thresholds.animal_evidence)
+    prediction = combine(photos, evidence=thresholds.evidence_for(len(photos)))
     label = prediction.label
     if label in NOT_A_BREED:
         return GroupDecision(NEEDS_REVIEW, prediction, not_a_breed_reason(prediction), ids)

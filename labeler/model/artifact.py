@@ -57,6 +57,7 @@ class DecisionDefaults:
     # labeler.decide.grouping.combine: 1 (the geometric mean) for models trained before the
     # animal rule was fitted, which is what they were served with.
     animal_evidence: float = 1.0
+    animal_evidence_by_photos: tuple[float, ...] | None = None  # 2, 3, 4 or more photos
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,11 @@ def load_artifact(path: str | Path) -> Artifact:
             review_threshold=meta.decision.review_threshold,
             review_margin=meta.decision.review_margin,
             animal_evidence=meta.decision.animal_evidence,
+            animal_evidence_by_photos=(
+                None
+                if meta.decision.animal_evidence_by_photos is None
+                else tuple(meta.decision.animal_evidence_by_photos)
+            ),
         ),
         quality_note=meta.quality_note,
         tta=tuple(meta.tta),

@@ -55,6 +55,10 @@ class Decision(_Section):
     # labeler.decide.grouping.combine: 1 (the geometric mean) for models trained before the
     # animal rule was fitted, which is what they were served with.
     animal_evidence: Fraction = 1.0
+    # One evidence per animal size: 2, 3, and 4 or more photos. Where set, it wins.
+    animal_evidence_by_photos: (
+        Annotated[list[Fraction], Field(min_length=3, max_length=3)] | None
+    ) = None
 
 
 class Metadata(_Section):
