@@ -8,6 +8,7 @@ import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     Field,
     SecretStr,
@@ -264,8 +265,6 @@ class Settings(BaseSettings):
     @field_validator("schedule_cron")
     @classmethod
     def _check_cron(cls, v: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
-
         try:
             CronTrigger.from_crontab(v)
         except ValueError as exc:

@@ -23,7 +23,8 @@ from sqlalchemy import create_engine, inspect
 
 from labeler.config.settings import Settings, load_settings
 from labeler.demo import shelter as demo_shelter
-from labeler.model.artifact import ArtifactError, load_artifact
+from labeler.model.artifact import ArtifactError, load_artifact, save_artifact
+from labeler.model.preprocessing import PreprocessingConfig
 from labeler.service.app import Service
 from labeler.store import animals, migrate
 from labeler.store.engine import session_factory
@@ -64,10 +65,7 @@ def _sample_photos(folder: Path | None, demo_dir: Path) -> tuple[list[tuple[str,
 
 def _untrained_artifact(directory: Path) -> Path:
     """A randomly initialised model in the real format, so the whole pass can still run."""
-    import keras
-
-    from labeler.model.artifact import save_artifact
-    from labeler.model.preprocessing import PreprocessingConfig
+    import keras  # only for this fallback: a serving install has no Keras
 
     labels = [f"breed_{i:03d}" for i in range(120)]
     if BREEDS_TSV.is_file():

@@ -16,6 +16,10 @@ one log line saying why.
 An artifact whose ``model_file`` is itself ``model.onnx`` (a backbone that only exists as ONNX,
 composed with its head by training) has no Keras model to fall back to: it is served by ONNX
 Runtime, checked against the probabilities training recorded, or refused with the reason.
+
+TensorFlow, Keras and ONNX Runtime are imported inside the functions that use them: a serving
+install has no TensorFlow, and importing either runtime takes seconds that ``labeler --help``
+and ``labeler health`` should not pay.
 """
 
 from __future__ import annotations
