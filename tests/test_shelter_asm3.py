@@ -756,9 +756,17 @@ def test_a_record_written_without_breed2_is_renamed_by_asm3(
         service.engine.dispose()
 
 
-@pytest.mark.parametrize("intake_breed2", [MIXED_BREED_ID, 0], ids=["breed2-mixed", "breed2-zero"])
+@pytest.mark.parametrize(
+    ("intake_breed2", "written_before_0007"),
+    [(MIXED_BREED_ID, False), (0, False), (MIXED_BREED_ID, True)],
+    ids=["breed2-mixed", "breed2-zero", "written-before-replaced-values-were-kept"],
+)
 def test_a_withdrawn_answer_survives_asm3_recalculating_breed_names(
-    db_url: str, tmp_path: Path, tiny_artifact: Path, intake_breed2: int
+    db_url: str,
+    tmp_path: Path,
+    tiny_artifact: Path,
+    intake_breed2: int,
+    written_before_0007: bool,
 ) -> None:
     """A relabel that withdraws labeler's answer gives the record back what it held before
     labeler's first write, with the documented settings: BreedID and BreedName from
@@ -783,6 +791,15 @@ def test_a_withdrawn_answer_survives_asm3_recalculating_breed_names(
         assert service.run_pass().status == "finished"
         groups = _groups(service)
         withdrawn = min(d for d, g in groups.items() if g["status"] == LABELLED)
+        if written_before_0007:
+            # A write from before labeler kept what it replaced: Breed2ID, which held the same
+            # value as BreedID in labeler's write, goes back with it.
+            with service.engine.begin() as conn:
+                conn.execute(
+                    update(group)
+                    .where(group.c.group_id == str(withdrawn))
+                    .values(replaced_values=None)
+                )
         for media in seeded.photos[withdrawn]:
             model.script[seeded.photo_files[media]] = sure(seeded.dogs[withdrawn], 0.05)
         with session_factory(service.engine).begin() as session:

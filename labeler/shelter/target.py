@@ -85,11 +85,26 @@ class Target:
         (ASM3's Breed2ID and CrossBreed): kept at labeler's first write, for a withdrawal."""
         return {c: v for c, v in current.items() if c in self.columns and c not in self.undecided}
 
-    def withdrawal(self, replaced: Mapping[str, str | None] | None) -> dict[str, str | None]:
-        """What taking labeler's answer back writes: the undecided values, and what the record
-        held before labeler's first write in the other map columns (when it was kept)."""
-        kept = {c: v for c, v in (replaced or {}).items() if c in self.columns}
-        return {**kept, **self.undecided}
+    def withdrawal(
+        self,
+        replaced: Mapping[str, str | None] | None,
+        written: Mapping[str, str | None] | None = None,
+    ) -> dict[str, str | None]:
+        """What taking labeler's answer back writes: the undecided values, and in the other map
+        columns what the record held before labeler's first write. Where that was not kept (a
+        write from before it was), a column that held the same value as an undecided column in
+        labeler's write (ASM3's Breed2ID = BreedID) goes back with it."""
+        if replaced is not None:
+            kept = {c: v for c, v in replaced.items() if c in self.columns}
+            return {**kept, **self.undecided}
+        mirrored: dict[str, str | None] = {}
+        for column, value in (written or {}).items():
+            if column in self.undecided or column not in self.columns:
+                continue
+            twin = next((u for u in self.undecided if (written or {}).get(u) == value), None)
+            if twin is not None:
+                mirrored[column] = self.undecided[twin]
+        return {**mirrored, **self.undecided}
 
 
 def _convert(column: Column[Any], value: str | None) -> Any:
@@ -128,9 +143,23 @@ def parse_replaced(text: str | None) -> dict[str, str | None] | None:
 
 
 def parse_values(text: str | None) -> dict[str, str] | None:
-    """``written_values`` or ``staff_values`` as stored; None for none or an unreadable one."""
+    """``written_values`` or ``staff_values`` as stored; None for none or an unreadable one.
+    A column stored as null is left out (it is compared by nothing), never read as "None"."""
     data = _json_object(text)
-    return None if data is None else {str(k): str(v) for k, v in data.items()}
+    return None if data is None else {str(k): str(v) for k, v in data.items() if v is not None}
+
+
+def same_value_text(held: str | None, wanted: str | None) -> bool:
+    """Two values as text, equal as text or as numbers (``19`` and ``0019``): for comparisons
+    where the target column's type is not at hand."""
+    if held == wanted:
+        return True
+    if held is None or wanted is None:
+        return False
+    try:
+        return Decimal(held) == Decimal(wanted)
+    except (ArithmeticError, ValueError):
+        return False
 
 
 def _json_object(text: str | None) -> dict[Any, Any] | None:

@@ -188,6 +188,18 @@ def gone_with_photos(session: Session) -> list[str]:
     return list(session.scalars(query.order_by(group.c.group_id)))
 
 
+def gone_reviewed(session: Session) -> list[str]:
+    """Animals ``gone`` (their record went missing) with a reviewed breed from staff that was
+    not written yet: it is written once the record is back."""
+    query = select(group.c.group_id).where(
+        group.c.status == GONE,
+        group.c.staff_values.is_(None),
+        group.c.reviewed_breed.is_not(None),
+        or_(group.c.refused_breed.is_(None), group.c.reviewed_breed != group.c.refused_breed),
+    )
+    return list(session.scalars(query.order_by(group.c.group_id)))
+
+
 def written_group_count(session: Session) -> int:
     """How many animals labeler has written a breed for."""
     return int(

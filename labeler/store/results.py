@@ -35,7 +35,7 @@ from labeler.store.schema import (
     photo,
     run,
 )
-from labeler.store.shelter_sql import write_source_breed
+from labeler.store.shelter_sql import lock_timeout, write_source_breed
 from labeler.store.source_rows import long_group_reason
 
 ERROR_MAX = 1000
@@ -51,6 +51,7 @@ def save_outcomes(
     model_version: str,
     outcomes: Iterable[Outcome],
     now: datetime,
+    lock_timeout_seconds: int | None = None,
 ) -> SaveCounts:
     """Write a batch's results, the optional write-back and the run's counters.
 
@@ -82,7 +83,9 @@ def save_outcomes(
         statuses = _save_at_once(session, token, run_id, model_version, outcomes, now)
     if statuses is None:
         statuses = [
-            _save_refusable(session, source, token, run_id, model_version, outcome, now)
+            _save_refusable(
+                session, source, token, run_id, model_version, outcome, now, lock_timeout_seconds
+            )
             for outcome in outcomes
         ]
     for outcome, saved in zip(outcomes, statuses, strict=True):
@@ -188,26 +191,30 @@ def _save_refusable(
     model_version: str,
     outcome: Outcome,
     now: datetime,
+    lock_timeout_seconds: int | None = None,
 ) -> str:
     """One row in its own SAVEPOINT; a permanent error fails the row with the reason. A source
-    row another session holds locked past the lock timeout (the per-photo write-back waits for
-    it) is left as it was: :data:`LOCKED`, nothing saved, no attempt spent."""
-    try:
-        with session.begin_nested():
-            return _save_one(session, source, token, run_id, model_version, outcome, now)
-    except StatementError as exc:
-        if is_lock_timeout(exc):
-            return LOCKED
-        if is_transient(exc):
-            raise
-        refused = Outcome(
-            outcome.photo_id,
-            FAILED,
-            error=f"the database refused this row's result: {short_error(exc)}",
-            photo_ref=outcome.photo_ref,
-        )
-        with session.begin_nested():
-            return _save_one(session, source, token, run_id, model_version, refused, now)
+    row another session holds locked past ``lock_timeout_seconds`` (the per-photo write-back
+    waits for it) is left as it was: :data:`LOCKED`, nothing saved, no attempt spent. The
+    timeout covers this row's statements only."""
+    with lock_timeout(session, lock_timeout_seconds):
+        try:
+            with session.begin_nested():
+                return _save_one(session, source, token, run_id, model_version, outcome, now)
+        except StatementError as exc:
+            if is_lock_timeout(exc):
+                return LOCKED
+            if is_transient(exc):
+                raise
+            reason = short_error(exc)
+    refused = Outcome(
+        outcome.photo_id,
+        FAILED,
+        error=f"the database refused this row's result: {reason}",
+        photo_ref=outcome.photo_ref,
+    )
+    with session.begin_nested():
+        return _save_one(session, source, token, run_id, model_version, refused, now)
 
 
 def _save_one(

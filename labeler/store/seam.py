@@ -367,13 +367,19 @@ class SqlStore:
         outcomes: Sequence[Outcome],
         now: datetime,
     ) -> SaveCounts:
-        def save(session: Session) -> SaveCounts:
-            with shelter_sql.lock_timeout(session, self.writeback_lock_timeout):
-                return results.save_outcomes(
-                    session, self.source, token, run_id, model_version, outcomes, now
-                )
-
-        return self._tx("saving results", save)
+        return self._tx(
+            "saving results",
+            lambda s: results.save_outcomes(
+                s,
+                self.source,
+                token,
+                run_id,
+                model_version,
+                outcomes,
+                now,
+                lock_timeout_seconds=self.writeback_lock_timeout,
+            ),
+        )
 
     def release(self, token: str, run_id: int) -> int:
         def action(session: Session) -> int:

@@ -157,18 +157,21 @@ def stamp_values(target: Any) -> dict[str, Any]:
 @contextmanager
 def lock_timeout(session: Session, seconds: int | None) -> Iterator[None]:
     """Within this block, a statement that waits longer than ``seconds`` for a lock another
-    session holds fails instead of waiting (PostgreSQL: for the rest of the transaction, which
-    labeler ends right after; MariaDB: the session's setting, put back afterwards). SQLite locks
-    the whole database at BEGIN: its busy timeout is set there, see
-    :data:`labeler.store.engine.BUSY_TIMEOUT_MS`."""
+    session holds fails instead of waiting; after it, the setting is put back, so the rest of
+    the transaction waits as usual (PostgreSQL: a transaction-local setting; MariaDB: the
+    session's). A block that fails leaves it to the transaction's end (PostgreSQL) or puts it
+    back (MariaDB). SQLite locks the whole database at BEGIN: its busy timeout is set there,
+    see :data:`labeler.store.engine.BUSY_TIMEOUT_MS`."""
     dialect = session.get_bind().dialect.name
     if seconds is None or dialect not in ("postgresql", "mysql", "mariadb"):
         yield
         return
     if dialect == "postgresql":
-        # is_local: ends with the transaction, also when the transaction fails.
+        # is_local: ends with the transaction at the latest, also when the transaction fails.
+        before = session.scalar(select(func.current_setting("lock_timeout")))
         session.execute(select(func.set_config("lock_timeout", f"{int(seconds) * 1000}", True)))
         yield
+        session.execute(select(func.set_config("lock_timeout", str(before), True)))
         return
     before = session.scalar(text("SELECT @@SESSION.innodb_lock_wait_timeout"))
     session.execute(

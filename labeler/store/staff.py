@@ -17,7 +17,7 @@ from labeler.core.domain import NOT_A_BREED
 from labeler.core.textsafe import storable
 from labeler.decide.thresholds import GroupVerdict
 from labeler.shelter.breedmap import model_labels
-from labeler.shelter.target import Target, parse_values, same_values, values_json
+from labeler.shelter.target import Target, parse_values, same_value_text, values_json
 from labeler.store import animals, evidence, shelter_sql
 from labeler.store.keys import chunks
 from labeler.store.schema import GONE, NEEDS_REVIEW, REVIEWED
@@ -92,6 +92,15 @@ def revive_returned(session: Session, target: Target, now: datetime) -> int:
         if back:
             animals.mark_groups_pending(session, back, now)
             revived += len(back)
+    # A reviewed breed waiting for a record that went missing is written once it is back.
+    for chunk in chunks(animals.gone_reviewed(session)):
+        for group_id in shelter_sql.read_targets(session, target, list(chunk)):
+            animals.save_group(
+                session,
+                group_id,
+                {"status": NEEDS_REVIEW, "attempts": 0, "last_error": None, "updated_at": now},
+            )
+            revived += 1
     return revived
 
 
@@ -153,8 +162,9 @@ def apply_review(
     holds_ours = target.same(current, written)
     if not (is_undecided(target, current) or holds_ours or target.same(current, values)):
         return record_staff(session, group_id, current, now)
+    wrote = not target.same(current, values)
     try:
-        if not target.same(current, values) and not write_record(
+        if wrote and not write_record(
             session, target, group_id, values, written if holds_ours else None
         ):
             return staff_or_gone(session, target, group_id, now)
@@ -171,7 +181,11 @@ def apply_review(
         group_id,
         {
             "status": REVIEWED,
-            "written_values": values_json(held_values(session, target, group_id, values)),
+            "written_values": values_json(
+                held_values(session, target, group_id, values)
+                if wrote
+                else {c: current.get(c) for c in values}
+            ),
             "written_at": now,
             "last_error": None,
             "updated_at": now,
@@ -225,7 +239,7 @@ def _refuse_review(session: Session, row: Mapping[str, Any], reason: str, now: d
     return "refused"
 
 
-def _animal_verdict(
+def animal_verdict(
     row: Mapping[str, Any], lookup: Callable[[str], Mapping[str, str] | None] | None
 ) -> tuple[bool, bool, bool | None]:
     """(written without a human, an audit, staff agree: None when staff have not decided) for
@@ -246,9 +260,9 @@ def _animal_verdict(
         if staff is not None:
             # Column names as the server reports them (PostgreSQL folds them to lower case)
             # against the breed map's spelling.
-            agrees = same_values(
-                {k.lower(): v for k, v in staff.items()},
-                {k.lower(): v for k, v in wanted.items()} if wanted else None,
+            held = {k.lower(): v for k, v in staff.items()}
+            agrees = bool(wanted) and all(
+                same_value_text(held.get(k.lower()), v) for k, v in (wanted or {}).items()
             )
     audit = bool(row["audit"])
     # Staff changing a record that still held labeler's own write corrected an auto-label:
@@ -269,7 +283,7 @@ def group_verdicts(
     """What staff said about each decided animal (for ``status``)."""
     verdicts = []
     for row in evidence.group_decided_rows(session):
-        auto, audit, agrees = _animal_verdict(row, lookup)
+        auto, audit, agrees = animal_verdict(row, lookup)
         verdicts.append(
             GroupVerdict(
                 model_version=str(row["model_version"]),
@@ -292,7 +306,7 @@ def animal_decided_rows(
     record, and the threshold is applied to its combined confidence."""
     out = []
     for row in evidence.group_decided_rows(session, model_version):
-        auto, audit, agrees = _animal_verdict(row, lookup)
+        auto, audit, agrees = animal_verdict(row, lookup)
         out.append(
             {
                 "confidence": row["confidence"],

@@ -183,9 +183,10 @@ def settle_group(
         # its photos deleted): take labeler's own value back off the record, if it is still
         # there; a record someone changed since stays as it is.
         if target is not None and written:
-            withdrawal = target.withdrawal(parse_replaced(row["replaced_values"]))
+            withdrawal = target.withdrawal(parse_replaced(row["replaced_values"]), written)
             try:
-                write_record(session, target, group_id, withdrawal, written)
+                if not write_record(session, target, group_id, withdrawal, written):
+                    return staff_or_gone(session, target, group_id, now)
             except WriteDenied as exc:
                 return _denied(session, group_id, {"run_id": run_id}, str(exc), now)
             gone.update(written_values=None, written_at=now, replaced_values=None)
@@ -246,14 +247,19 @@ def settle_group(
         elif staff_changed(target, current, written):
             return record_staff(session, group_id, current, now)
         elif decision.status == LABELLED and decision.values is not None:
+            wrote = not target.same(current, decision.values)
             try:
-                if not target.same(current, decision.values) and not write_record(
-                    session, target, group_id, decision.values, written
-                ):
+                if wrote and not write_record(session, target, group_id, decision.values, written):
                     return staff_or_gone(session, target, group_id, now)
             except WriteDenied as exc:
                 return _denied(session, group_id, result, str(exc), now)
-            held = held_values(session, target, group_id, decision.values)
+            # Read back only after an UPDATE (the record is then locked until commit): what
+            # the record holds when nothing was written is the value read above.
+            held = (
+                held_values(session, target, group_id, decision.values)
+                if wrote
+                else {c: current.get(c) for c in decision.values}
+            )
             result.update(written_values=values_json(held), written_at=now)
             if is_undecided(target, current) and not target.same(current, decision.values):
                 # labeler's first write on this record: what it replaces is what a withdrawal
@@ -261,7 +267,7 @@ def settle_group(
                 result.update(replaced_values=values_json(target.replaced(current)))
         elif written:
             # The earlier answer no longer stands: give the record back what it held.
-            withdrawal = target.withdrawal(parse_replaced(row["replaced_values"]))
+            withdrawal = target.withdrawal(parse_replaced(row["replaced_values"]), written)
             try:
                 if not write_record(session, target, group_id, withdrawal, written):
                     return staff_or_gone(session, target, group_id, now)
