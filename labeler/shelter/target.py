@@ -172,13 +172,6 @@ def _json_object(text: str | None) -> dict[Any, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def same_values(current: Mapping[str, str | None], wanted: Mapping[str, str] | None) -> bool:
-    """The target row holds exactly ``wanted`` (in the columns ``wanted`` names)."""
-    if not wanted:
-        return False
-    return all(current.get(k) == v for k, v in wanted.items())
-
-
 def reflect_target(conn: Connection, settings: Settings) -> Target | None:
     """The configured target with its breed map, checked against the database; None if unset."""
     if not settings.target_table or not settings.target_key_column or not settings.breed_map:

@@ -82,12 +82,13 @@ def save_outcomes(
     if not source.writeback_breed_column:
         statuses = _save_at_once(session, token, run_id, model_version, outcomes, now)
     if statuses is None:
-        statuses = [
-            _save_refusable(
-                session, source, token, run_id, model_version, outcome, now, lock_timeout_seconds
-            )
-            for outcome in outcomes
-        ]
+        # The lock timeout covers the rows' statements only, set once for the batch: what
+        # follows (the animals, the run's counters) waits for locks as usual.
+        with lock_timeout(session, lock_timeout_seconds):
+            statuses = [
+                _save_refusable(session, source, token, run_id, model_version, outcome, now)
+                for outcome in outcomes
+            ]
     for outcome, saved in zip(outcomes, statuses, strict=True):
         counts[saved] += 1
         if saved not in ("lost", LOCKED):
@@ -191,22 +192,19 @@ def _save_refusable(
     model_version: str,
     outcome: Outcome,
     now: datetime,
-    lock_timeout_seconds: int | None = None,
 ) -> str:
     """One row in its own SAVEPOINT; a permanent error fails the row with the reason. A source
-    row another session holds locked past ``lock_timeout_seconds`` (the per-photo write-back
-    waits for it) is left as it was: :data:`LOCKED`, nothing saved, no attempt spent. The
-    timeout covers this row's statements only."""
-    with lock_timeout(session, lock_timeout_seconds):
-        try:
-            with session.begin_nested():
-                return _save_one(session, source, token, run_id, model_version, outcome, now)
-        except StatementError as exc:
-            if is_lock_timeout(exc):
-                return LOCKED
-            if is_transient(exc):
-                raise
-            reason = short_error(exc)
+    row another session holds locked past the lock timeout (the per-photo write-back waits for
+    it) is left as it was: :data:`LOCKED`, nothing saved, no attempt spent."""
+    try:
+        with session.begin_nested():
+            return _save_one(session, source, token, run_id, model_version, outcome, now)
+    except StatementError as exc:
+        if is_lock_timeout(exc):
+            return LOCKED
+        if is_transient(exc):
+            raise
+        reason = short_error(exc)
     refused = Outcome(
         outcome.photo_id,
         FAILED,
