@@ -148,8 +148,12 @@ def replay(args: argparse.Namespace) -> list[dict[str, object]]:
                 "rare_right": rare_right,
             }
             output = Path(tmp) / f"model-night-{number}"
-            code, out = quiet("adapt", "--apply", "--output", str(output))
+            refit = () if args.refit else ("--no-refit",)
+            code, out = quiet("adapt", *refit, "--apply", "--output", str(output))
             result["adapt"] = "applied" if code == 0 else out.strip().splitlines()[-1][:200]
+            head = [line for line in out.splitlines() if line.startswith("head refitted")]
+            if code == 0 and head:
+                result["adapt"] += ", head " + head[0].partition(": ")[2]
             if code == 0:
                 os.environ["LABELER_MODEL_DIR"] = str(output)
             results.append(result)
@@ -186,6 +190,12 @@ def main() -> None:
         "--rare", type=Path, default=None, help="a tree with other breeds, mixed into each night"
     )
     parser.add_argument("--rare-per-night", type=int, default=30)
+    parser.add_argument(
+        "--no-refit",
+        dest="refit",
+        action="store_false",
+        help="adapt the breed frequencies only (labeler adapt --no-refit), for comparison",
+    )
     replay(parser.parse_args())
 
 

@@ -4,6 +4,7 @@ on every database (evidence first, a new model version only with --apply)."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from labeler.decide.adapt import (
     held_out,
     reweight,
 )
-from labeler.model.artifact import load_artifact
+from labeler.model.artifact import load_artifact, load_feature_space, load_head_correction
 from labeler.model.classifier import Classifier, apply_class_weights
+from labeler.model.features import FEATURE_SPACE_FILE, FeatureSpace, encode_record, file_sha256
 from labeler.service.cli import main
 from labeler.store import migrate
 from labeler.store.engine import make_engine
@@ -219,8 +221,82 @@ def test_decisions_on_earlier_versions_count_for_the_frequencies_only() -> None:
 
 def test_a_few_held_out_misses_are_not_proof_of_a_worse_model() -> None:
     # 14 of 15 right (93%): the interval reaches far above 95%, and 15 is too few to judge.
-    from labeler.decide.adapt import Outcome, _below_promise
+    from labeler.decide.adapt import Outcome, below_promise
 
-    assert not _below_promise(Outcome(n=60, top1_right=50, auto=15, auto_right=14))
-    assert _below_promise(Outcome(n=300, top1_right=250, auto=100, auto_right=90))
-    assert _below_promise(Outcome(n=15, top1_right=5, auto=15, auto_right=5))  # clearly under
+    assert not below_promise(Outcome(n=60, top1_right=50, auto=15, auto_right=14))
+    assert below_promise(Outcome(n=300, top1_right=250, auto=100, auto_right=90))
+    assert below_promise(Outcome(n=15, top1_right=5, auto=15, auto_right=5))  # clearly under
+
+
+@pytest.fixture
+def featured_artifact(tiny_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny artifact with a hand-made feature space: 4 projected dimensions, the identity
+    projection, and two anchor records per breed of the shelter."""
+    directory = tmp_path / "featured"
+    shutil.copytree(tiny_artifact, directory)
+    labels = load_artifact(directory).labels
+    classes = len(labels)
+    breeds = [labels.index(b) for b in ("beagle", "pug", "whippet")]
+    anchor_labels = np.repeat(breeds, 2)
+    space = FeatureSpace(
+        space="00112233aabbccdd",
+        mean=np.zeros(4),
+        projection=np.eye(4),
+        anchor_logp=np.full((len(anchor_labels), classes), np.log(1 / classes)),
+        anchor_projected=np.stack([3.0 * np.eye(4)[breeds.index(b)] for b in anchor_labels]),
+        anchor_labels=anchor_labels,
+    )
+    space.save(directory / FEATURE_SPACE_FILE)
+    meta = json.loads((directory / "metadata.json").read_text())
+    meta["features"] = {
+        "file": FEATURE_SPACE_FILE,
+        "sha256": file_sha256(directory / FEATURE_SPACE_FILE),
+        "space": space.space,
+    }
+    (directory / "metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setenv("LABELER_MODEL_DIR", str(directory))
+    return directory
+
+
+def test_adapt_refits_the_head_on_stored_records_and_keeps_it_only_when_it_helps(
+    configured: str, featured_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    artifact = load_artifact(featured_artifact)
+    labels = artifact.labels
+    classes = len(labels)
+    decisions = shelter(300, beagle_share=0.6)
+    insert_decisions(configured, artifact.version, decisions)
+    # The network's own outputs say nothing (uniform); its features tell beagle from pug.
+    rng = np.random.default_rng(3)
+    engine = create_engine(configured)
+    with engine.begin() as conn:
+        for d in decisions:
+            projected = 3.0 * np.eye(4)[("beagle", "pug").index(d.staff_label)]
+            record = encode_record(
+                "00112233aabbccdd",
+                np.full(classes, np.log(1 / classes)),
+                projected + rng.normal(0, 0.3, 4),
+            )
+            conn.execute(photo.update().where(photo.c.photo_id == d.key).values(features=record))
+    engine.dispose()
+
+    out = tmp_path / "refitted"
+    assert main(["adapt", "--apply", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "head refitted on 300 decided photos" in printed and ": applied" in printed
+    adapted = load_artifact(out)
+    assert adapted.head_correction is not None
+    space = load_feature_space(adapted)
+    assert space is not None
+    correction = load_head_correction(adapted, space)
+    assert correction is not None and correction.weights.shape == (4, classes)
+    # What it learned: the first feature direction means beagle, the second pug.
+    beagle, pug = labels.index("beagle"), labels.index("pug")
+    assert correction.weights[0, beagle] > correction.weights[0, pug]
+    assert correction.weights[1, pug] > correction.weights[1, beagle]
+
+    # --no-refit adapts the prior only, and drops nothing it was not asked to.
+    prior_only = tmp_path / "prior-only"
+    assert main(["adapt", "--no-refit", "--apply", "--output", str(prior_only)]) == 0
+    assert "head refitted" not in capsys.readouterr().out
+    assert load_artifact(prior_only).head_correction is None

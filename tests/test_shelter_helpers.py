@@ -49,6 +49,8 @@ class ScriptedModel:
         self.before_first_call: Callable[[], None] | None = None
         self.seen: list[Path] = []
         classifier.predict_probabilities = self._predict  # type: ignore[method-assign]
+        # Scripted probabilities have no features to keep: predict takes them as they are.
+        classifier.feature_space = None
 
     def photo_of(self, row: np.ndarray) -> Path:
         distances = np.abs(self.refs - row.reshape(1, -1)).mean(axis=1)

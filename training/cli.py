@@ -167,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(o, SHARED)
 
+    f = sub.add_parser(
+        "feature-space",
+        help="give an ONNX artifact the feature space labeler adapt refits on (answers unchanged)",
+    )
+    f.add_argument("artifact", help="artifact folder, e.g. models/efficientnet-lite2-dogs")
+    f.add_argument("--data", default=str(SHARED / "data" / "stanford-dogs-train"))
+    f.add_argument("--breeds-tsv", default=str(DEFAULT_TSV))
+    f.add_argument("--per-class", type=int, default=30)
+    f.add_argument("--dims", type=int, default=256)
+    f.add_argument("--anchors-per-class", type=int, default=10)
+
     z = sub.add_parser("zero-shot", help="an ImageNet classifier restricted to the dog classes")
     z.add_argument("--backbone", default="vgg16")
     z.add_argument("--weights", default="imagenet", help="'imagenet' or a full (with top) file")
@@ -200,6 +211,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.onnx_train import run_onnx
 
         run_onnx(args)
+        return 0
+    if args.command == "feature-space":
+        from training.feature_space import add_to_artifact
+
+        space = add_to_artifact(
+            Path(args.artifact),
+            Path(args.data),
+            Path(args.breeds_tsv),
+            per_class=args.per_class,
+            dims=args.dims,
+            anchors_per_class=args.anchors_per_class,
+        )
+        print(f"{args.artifact}: feature space {space.space}, {space.dims} dimensions")
         return 0
     if args.command == "sweep":
         from training.sweep import run_sweep

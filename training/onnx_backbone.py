@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from labeler.model.features import FEATURES_OUTPUT
 from labeler.model.runtime import REFERENCE_OUTPUT
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,8 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def compose_serving_model(
     backbone_path: str | Path, spec: BackboneSpec, head: Head, dog_gate: float | None
 ) -> bytes:
-    """One ONNX graph: NHWC 0..255 batch -> normalise -> backbone -> breed probabilities.
+    """One ONNX graph: NHWC 0..255 batch -> normalise -> backbone -> breed probabilities,
+    with the backbone's pooled features as a second output (``features``).
 
     With ``dog_gate``, the output gains a last class ``not_a_dog``: 1 when ImageNet's
     probability of a dog (:func:`dog_probability`) is under the gate, when the breeds are all
@@ -236,6 +238,9 @@ def compose_serving_model(
         helper.make_tensor_value_info("inputs", TensorProto.FLOAT, ["n", spec.size, spec.size, 3]),
     )
     width = head.classes + (1 if dog_gate is not None else 0)
+    features = next(o for o in graph.output if o.name == spec.features_output)
+    kept_features = onnx.ValueInfoProto()
+    kept_features.CopyFrom(features)
     while len(graph.output):
         graph.output.pop()
     graph.output.append(
@@ -247,5 +252,10 @@ def compose_serving_model(
                 REFERENCE_OUTPUT, TensorProto.FLOAT, ["n", head.classes + 1]
             )
         )
+    # What a classified photo keeps for adapting (labeler.model.features).
+    if spec.features_output != FEATURES_OUTPUT:
+        graph.node.append(helper.make_node("Identity", [spec.features_output], [FEATURES_OUTPUT]))
+        kept_features.name = FEATURES_OUTPUT
+    graph.output.append(kept_features)
     onnx.checker.check_model(model)
     return model.SerializeToString()

@@ -24,9 +24,10 @@ import numpy as np
 from labeler.core.domain import NOT_A_DOG
 from labeler.model.artifact import save_artifact
 from labeler.model.classifier import calibrate
+from labeler.model.features import FEATURE_SPACE_FILE, FeatureSpace, file_sha256
 from labeler.model.preprocessing import PreprocessingConfig
 from labeler.model.runtime import CHECK_FILE, ONNX_FILE, OnnxRuntime, check_images
-from training import animal_rule, quantize
+from training import animal_rule, feature_space, quantize
 from training import calibration as cal_metrics
 from training.data import Dataset, discover, load_images, read_breeds_tsv
 from training.features import cached
@@ -117,6 +118,15 @@ def add_arguments(p: argparse.ArgumentParser, shared: Path) -> None:
     p.add_argument("--feature-cache-dir", default="runs/feature-cache")
     p.add_argument("--output", required=True)
     p.add_argument("--name", default=None)
+    p.add_argument(
+        "--feature-space-per-class",
+        type=int,
+        default=30,
+        help="--data photos per breed whose features give the feature space labeler adapt "
+        "refits on (labeler.model.features); 0: no feature space",
+    )
+    p.add_argument("--feature-space-dims", type=int, default=feature_space.DEFAULT_DIMS)
+    p.add_argument("--anchors-per-class", type=int, default=feature_space.DEFAULT_ANCHORS_PER_CLASS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
 
@@ -212,6 +222,31 @@ def _trained_head(
     return Head(kernel=kernel, bias=bias), crops
 
 
+def _feature_space(
+    backbone: OnnxBackbone,
+    args: argparse.Namespace,
+    synsets: list[str],
+    digest: str,
+    head: Head,
+    gate: float | None,
+    graph: bytes,
+    cache_dir: Path | None,
+) -> FeatureSpace:
+    """The feature space of the served graph, from --data photos (training photos only)."""
+    data = discover(args.data, args.breeds_tsv, per_class=args.feature_space_per_class)
+    labels = _labels_for(data, synsets)
+    features, logits = _dataset_outputs(backbone, data, cache_dir, digest, workers=args.workers)
+    return feature_space.build_feature_space(
+        features,
+        breed_probabilities(features, logits, head, gate),
+        labels,
+        graph,
+        dims=args.feature_space_dims,
+        anchors_per_class=args.anchors_per_class,
+        seed=args.seed,
+    )
+
+
 def run_onnx(args: argparse.Namespace) -> Path:
     started = time.perf_counter()
     spec: BackboneSpec = KNOWN_BACKBONES[args.backbone]
@@ -296,6 +331,20 @@ def run_onnx(args: argparse.Namespace) -> Path:
     scratch.mkdir(parents=True)
     graph = compose_serving_model(weights_path, spec, head, gate)
     (scratch / ONNX_FILE).write_bytes(graph)
+    features_section: dict[str, Any] = {}
+    if args.feature_space_per_class > 0:
+        space = _feature_space(backbone, args, synsets, digest, head, gate, graph, cache_dir)
+        space.save(scratch / FEATURE_SPACE_FILE)
+        features_section = {
+            "file": FEATURE_SPACE_FILE,
+            "sha256": file_sha256(scratch / FEATURE_SPACE_FILE),
+            "space": space.space,
+            "dims": space.dims,
+            "source_dims": space.source_dims,
+            "anchors": len(space.anchor_labels),
+            "fitted_on": Path(args.data).name,
+            "photos_per_breed": args.feature_space_per_class,
+        }
     prep = PreprocessingConfig(image_size=(spec.size, spec.size), resize_mode="center_crop")
     sample = list(calibration.paths[:: max(1, len(calibration) // 16)][:16])
     graph_difference = _check_graph(
@@ -339,7 +388,8 @@ def run_onnx(args: argparse.Namespace) -> Path:
     )
     training_data = extra.pop("training_data", None)
     quantization_data = quantization.pop("calibration_data", None) if quantization else None
-    metadata_extra = {
+    metadata_extra: dict[str, Any] = {
+        **({"features": features_section} if features_section else {}),
         "backbone": {
             "name": spec.name,
             "weights_file": spec.file,

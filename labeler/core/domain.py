@@ -51,6 +51,9 @@ class Prediction:
     """The top candidates for one photo, best first: ((label, probability), ...)."""
 
     candidates: tuple[tuple[str, float], ...]
+    # What the photo keeps for adapting (labeler.model.features): a compact record of the
+    # network's outputs, None for a model without a feature space.
+    record: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def label(self) -> str:

@@ -185,7 +185,7 @@ def adapt(
             "on the decisions held out, adapting makes the best guess worse "
             f"({after.top1_right} right against {before.top1_right}): not adapting"
         )
-    if _below_promise(after):
+    if below_promise(after):
         raise AdaptRefused(
             f"on the decisions held out, the adapted model's auto-labels at the threshold in "
             f"force ({threshold:.2f}) would be {after.auto_right}/{after.auto} right, under "
@@ -196,7 +196,7 @@ def adapt(
     return Adaptation(class_weights(counts, labels, strength), counts, before, after)
 
 
-def _below_promise(result: Outcome) -> bool:
+def below_promise(result: Outcome) -> bool:
     """The held-out auto-labels show a precision under the promise: clearly (the whole 95%
     interval under it), or on enough of them for the estimate itself to count."""
     if not result.auto:

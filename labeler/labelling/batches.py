@@ -212,7 +212,8 @@ def with_group(outcome: Outcome, row: SourceRow | None) -> Outcome:
     if outcome.prediction is not None:
         scores = scores_json(outcome.prediction)
         # The stored top-3 stays what it always was; the longer list is only for combining.
-        outcome = replace(outcome, prediction=Prediction(outcome.prediction.candidates[:3]))
+        top = replace(outcome.prediction, candidates=outcome.prediction.candidates[:3])
+        outcome = replace(outcome, prediction=top)
     if row is None:
         return replace(outcome, scores=scores)
     return replace(outcome, group_id=row.group_id, context=row.context, scores=scores)

@@ -25,11 +25,18 @@ import numpy as np
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
+from labeler.model.features import (
+    FeatureError,
+    FeatureSpace,
+    HeadCorrection,
+    file_sha256,
+)
 from labeler.model.metadata import (
     FORMAT,
     FORMAT_VERSION,
     LABELS_FILE,
     MODEL_FILE,
+    FileName,
     Kind,
     View,
     describe_errors,
@@ -61,6 +68,14 @@ class DecisionDefaults:
 
 
 @dataclass(frozen=True)
+class ArrayFile:
+    """An array file beside metadata.json and the sha256 it must have."""
+
+    name: str
+    sha256: str
+
+
+@dataclass(frozen=True)
 class Artifact:
     path: Path
     name: str
@@ -76,6 +91,11 @@ class Artifact:
     # Per label, multiplied into the calibrated probabilities (labeler.decide.adapt): the
     # shelter's breed frequencies; None for the model as trained.
     class_weights: tuple[float, ...] | None = None
+    # labeler.model.features: what a classified photo keeps for adapting, and the shelter
+    # head adapting refitted; None for a model without them.
+    feature_space: ArrayFile | None = None
+    feature_space_id: str | None = None
+    head_correction: ArrayFile | None = None
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
@@ -132,6 +152,16 @@ def load_artifact(path: str | Path) -> Artifact:
         )
     if "flip" in meta.tta and len(preprocessing.output_shape()) != 3:
         raise ArtifactError(f"{root}: the flip view needs image input, not a feature vector")
+    space = correction = None
+    if meta.features is not None:
+        space = ArrayFile(meta.features.file, meta.features.sha256)
+    if meta.output.head_correction is not None:
+        if space is None:
+            raise ArtifactError(f"{root}: output.head_correction needs a features section")
+        correction = ArrayFile(meta.output.head_correction.file, meta.output.head_correction.sha256)
+    for entry in (space, correction):
+        if entry is not None and not (root / entry.name).is_file():
+            raise ArtifactError(f"{root}: {entry.name} is missing")
     return Artifact(
         path=root,
         name=meta.name,
@@ -154,8 +184,50 @@ def load_artifact(path: str | Path) -> Artifact:
         quality_note=meta.quality_note,
         tta=tuple(meta.tta),
         class_weights=None if weights is None else tuple(weights),
+        feature_space=space,
+        feature_space_id=None if meta.features is None else meta.features.space,
+        head_correction=correction,
         metadata=raw,
     )
+
+
+def load_feature_space(artifact: Artifact) -> FeatureSpace | None:
+    """The artifact's feature space, its sha256 and identity checked; None without one."""
+    if artifact.feature_space is None:
+        return None
+    path = _checked_file(artifact, artifact.feature_space)
+    try:
+        space = FeatureSpace.load(path, len(artifact.labels))
+    except FeatureError as exc:
+        raise ArtifactError(f"{artifact.path}: {exc}") from exc
+    if space.space != artifact.feature_space_id:
+        raise ArtifactError(
+            f"{artifact.path}: {path.name} is feature space {space.space}, but metadata.json "
+            f"names {artifact.feature_space_id}"
+        )
+    return space
+
+
+def load_head_correction(artifact: Artifact, space: FeatureSpace) -> HeadCorrection | None:
+    """The shelter head ``labeler adapt`` wrote, checked; None for a model not refitted."""
+    if artifact.head_correction is None:
+        return None
+    path = _checked_file(artifact, artifact.head_correction)
+    try:
+        return HeadCorrection.load(path, space.dims, len(artifact.labels))
+    except FeatureError as exc:
+        raise ArtifactError(f"{artifact.path}: {exc}") from exc
+
+
+def _checked_file(artifact: Artifact, entry: ArrayFile) -> Path:
+    path = artifact.path / entry.name
+    if not path.is_file():
+        raise ArtifactError(f"{artifact.path}: {entry.name} is missing")
+    if file_sha256(path) != entry.sha256:
+        raise ArtifactError(
+            f"{artifact.path}: {entry.name} does not match the sha256 in metadata.json"
+        )
+    return path
 
 
 def save_artifact(
@@ -241,7 +313,7 @@ class WhiteningEntry(BaseModel):
     method: WhiteningMethod
     epsilon: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0
     # A file name beside metadata.json, never a path: an artifact reads nothing outside itself.
-    file: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = WHITENING_FILE
+    file: FileName = WHITENING_FILE
 
 
 class _Served(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,14 @@ from typing import Any
 import numpy as np
 
 from labeler.core.domain import Prediction
-from labeler.model.artifact import Artifact, ArtifactError, load_artifact
+from labeler.model.artifact import (
+    Artifact,
+    ArtifactError,
+    load_artifact,
+    load_feature_space,
+    load_head_correction,
+)
+from labeler.model.features import corrected, encode_record
 from labeler.model.preprocessing import preprocess_batch, tta_views
 from labeler.model.runtime import (
     KERAS,
@@ -66,6 +74,8 @@ class Classifier:
         self.artifact = artifact
         self.runtime = runtime
         self._model = model
+        self.feature_space = space = load_feature_space(artifact)
+        self.head_correction = None if space is None else load_head_correction(artifact, space)
         expected_in = artifact.preprocessing.output_shape()
         got_in = runtime.input_shape
         if any(g is not None and g != e for g, e in zip(got_in, expected_in, strict=False)) or (
@@ -124,23 +134,50 @@ class Classifier:
         return self.artifact.version
 
     def predict_probabilities(self, batch: np.ndarray) -> np.ndarray:
-        if batch.shape[0] == 0:
-            return np.zeros((0, len(self.artifact.labels)), dtype=np.float32)
-        # Test-time augmentation (artifact.tta): every view in one call, probabilities averaged.
-        views = self.artifact.tta
-        stacked = batch if views == ("identity",) else np.concatenate(tta_views(batch, views))
-        raw = np.asarray(self.runtime.predict(stacked), dtype=np.float64)
-        if raw.ndim != 2 or raw.shape[0] != stacked.shape[0] or not np.all(np.isfinite(raw)):
-            raise ValueError("the model returned non-finite or malformed probabilities")
-        if len(views) > 1:
-            raw = raw.reshape(len(views), batch.shape[0], -1).mean(axis=0)
-        return apply_class_weights(
-            calibrate(raw, self.artifact.temperature), self.artifact.class_weights
-        )
+        return self._scored(batch)[0]
 
     def predict(self, batch: np.ndarray, k: int = 3) -> list[Prediction]:
-        """Top-k predictions for an already preprocessed batch."""
-        return top_k(self.predict_probabilities(batch), self.artifact.labels, k)
+        """Top-k predictions for an already preprocessed batch, each with the record the
+        photo keeps for adapting when the model has a feature space."""
+        if self.feature_space is None:
+            return top_k(self.predict_probabilities(batch), self.artifact.labels, k)
+        probabilities, records = self._scored(batch)
+        ranked = top_k(probabilities, self.artifact.labels, k)
+        if records is None:
+            return ranked
+        return [replace(p, record=r) for p, r in zip(ranked, records, strict=True)]
+
+    def _scored(self, batch: np.ndarray) -> tuple[np.ndarray, list[bytes] | None]:
+        labels = len(self.artifact.labels)
+        if batch.shape[0] == 0:
+            return np.zeros((0, labels), dtype=np.float32), []
+        # Test-time augmentation (artifact.tta): every view in one call, outputs averaged.
+        views = self.artifact.tta
+        stacked = batch if views == ("identity",) else np.concatenate(tta_views(batch, views))
+        raw, features = self.runtime.predict_with_features(stacked)
+        raw = np.asarray(raw, dtype=np.float64)
+        if raw.ndim != 2 or raw.shape[0] != stacked.shape[0] or not np.all(np.isfinite(raw)):
+            raise ValueError("the model returned non-finite or malformed probabilities")
+        if features is not None:
+            features = np.asarray(features, dtype=np.float64)
+            if features.shape[0] != stacked.shape[0] or not np.all(np.isfinite(features)):
+                raise ValueError("the model returned non-finite or malformed features")
+        if len(views) > 1:
+            raw = raw.reshape(len(views), batch.shape[0], -1).mean(axis=0)
+            if features is not None:
+                features = features.reshape(len(views), batch.shape[0], -1).mean(axis=0)
+        space = self.feature_space
+        projected = None if space is None or features is None else space.project(features)
+        weighted = apply_class_weights(
+            calibrate(raw, self.artifact.temperature), self.artifact.class_weights
+        )
+        probabilities = corrected(weighted, self.head_correction, projected)
+        if space is None or projected is None:
+            return probabilities, None
+        logp = np.log(np.clip(raw, 1e-12, 1.0))
+        return probabilities, [
+            encode_record(space.space, lp, g) for lp, g in zip(logp, projected, strict=True)
+        ]
 
     def classify_images(self, images: list[np.ndarray], k: int = 3) -> list[Prediction]:
         """Preprocess HxWx3 uint8 images with the artifact's chain and classify them."""

@@ -43,10 +43,34 @@ class Calibration(_Section):
     temperature: Temperature = 1.0
 
 
+# A file name beside metadata.json, never a path: an artifact reads nothing outside itself.
+FileName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class StoredFile(BaseModel):
+    """An array file of the artifact and its sha256, checked before it is read."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    file: FileName
+    sha256: Sha256
+
+
 class Output(_Section):
     reject_labels: list[str] = []
     # One per label, multiplied into the calibrated probabilities (labeler.decide.adapt).
     class_weights: list[Weight] | None = None
+    # labeler.model.features.HeadCorrection: the shelter head that ``labeler adapt`` refits.
+    head_correction: StoredFile | None = None
+
+
+class Features(_Section):
+    """labeler.model.features.FeatureSpace: what a classified photo keeps for adapting."""
+
+    file: FileName
+    sha256: Sha256
+    space: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]
 
 
 class Decision(_Section):
@@ -76,6 +100,7 @@ class Metadata(_Section):
     calibration: Calibration = Field(default_factory=Calibration)
     output: Output = Field(default_factory=Output)
     decision: Decision = Field(default_factory=Decision)
+    features: Features | None = None
     quality_note: str = ""
     tta: Annotated[list[View], Field(min_length=1), AfterValidator(_distinct_views)] = ["identity"]
 
@@ -100,7 +125,7 @@ def describe_errors(exc: ValidationError, section: str = "") -> str:
     return "; ".join(problems)
 
 
-_NULLABLE_SECTIONS = frozenset({"calibration", "output", "decision"})
+_NULLABLE_SECTIONS = frozenset({"calibration", "output", "decision", "features"})
 # Pydantic's wording where it reads badly in an artifact's error ("Extra inputs are not
 # permitted" for a key this code does not know).
 _MESSAGES = {"extra_forbidden": "unknown field"}

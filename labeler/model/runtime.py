@@ -48,6 +48,7 @@ from labeler.model.artifact import (
     ArtifactError,
     load_artifact,
 )
+from labeler.model.features import FEATURES_OUTPUT
 from labeler.model.preprocessing import PreprocessingConfig, finish_batch
 
 log = logging.getLogger("labeler.model.runtime")
@@ -82,6 +83,10 @@ class Runtime(Protocol):
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The probabilities and, for a graph with a features output, the feature vectors."""
+        ...
+
 
 class RuntimeMismatchError(Exception):
     """The ONNX model does not reproduce the Keras outputs within the tolerance."""
@@ -111,6 +116,9 @@ class KerasRuntime:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict_on_batch(batch))
 
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.predict(batch), None
+
 
 class OnnxRuntime:
     """An ONNX Runtime CPU session with its thread count fixed and spinning off.
@@ -135,14 +143,16 @@ class OnnxRuntime:
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         by_name = {o.name: o for o in outputs}
-        # A composed graph may add a REFERENCE_OUTPUT beside its probabilities, for the check.
-        served = [o for o in outputs if o.name != REFERENCE_OUTPUT]
+        # A composed graph may add a REFERENCE_OUTPUT beside its probabilities, for the check,
+        # and a FEATURES_OUTPUT, what a photo keeps for adapting.
+        served = [o for o in outputs if o.name not in (REFERENCE_OUTPUT, FEATURES_OUTPUT)]
         if len(inputs) != 1 or len(served) != 1:
             raise ValueError(
                 f"the ONNX model has {len(inputs)} inputs and {len(served)} outputs, not 1 and 1"
             )
         self._input, self._output = inputs[0], served[0]
         self._reference = by_name.get(REFERENCE_OUTPUT)
+        self._features = by_name.get(FEATURES_OUTPUT)
         self.description = f"{ONNXRUNTIME} {ort.__version__}, {self.threads} thread(s)"
 
     @property
@@ -157,6 +167,13 @@ class OnnxRuntime:
     def predict(self, batch: np.ndarray) -> np.ndarray:
         feed = {self._input.name: np.ascontiguousarray(batch, dtype=np.float32)}
         return np.asarray(self.session.run([self._output.name], feed)[0])
+
+    def predict_with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._features is None:
+            return self.predict(batch), None
+        feed = {self._input.name: np.ascontiguousarray(batch, dtype=np.float32)}
+        probabilities, features = self.session.run([self._output.name, self._features.name], feed)
+        return np.asarray(probabilities), np.asarray(features)
 
     def predict_reference(self, batch: np.ndarray) -> np.ndarray | None:
         """The graph's reference output, when it has one (see :data:`REFERENCE_OUTPUT`)."""

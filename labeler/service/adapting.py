@@ -1,5 +1,7 @@
-"""``labeler adapt``: the shelter's breed frequencies from staff decisions, as a new model
-version written beside the current one, only with ``--apply``.
+"""``labeler adapt``: the shelter's breed frequencies from staff decisions and, for a model
+that keeps a record of each photo (``labeler.model.features``), its head refitted on the
+decided photos' records (``labeler.decide.refit``), as a new model version written beside the
+current one, only with ``--apply``.
 
 The evidence (decisions held out, the model as it is against the adapted one) is printed
 first; nothing changes without ``--apply``, and an adapted model is a new artifact directory
@@ -20,7 +22,16 @@ from pathlib import Path
 from labeler.config.settings import Settings
 from labeler.core.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
 from labeler.decide.adapt import AdaptRefused, Decided, adapt
-from labeler.model.artifact import METADATA_FILE, ArtifactError, load_artifact
+from labeler.decide.refit import RecordDecision, Refit, refit
+from labeler.model.artifact import (
+    METADATA_FILE,
+    Artifact,
+    ArtifactError,
+    load_artifact,
+    load_feature_space,
+    load_head_correction,
+)
+from labeler.model.features import HEAD_CORRECTION_FILE, decode_record, file_sha256
 from labeler.service.app import thresholds_in_force
 from labeler.shelter.breedmap import load_breed_map
 from labeler.store import evidence
@@ -37,7 +48,8 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     with session_factory(engine)() as session:
         in_force = thresholds_in_force(settings, session, artifact)
         rows = evidence.staff_decided_photos(session)
-    decided, earlier = [], []
+    decided, earlier, records = [], [], []
+    index_of = {label: i for i, label in enumerate(artifact.labels)}
     for row in rows:
         label = _staff_label(row, label_of_values)
         candidates = tuple(
@@ -51,6 +63,9 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         )
         if label is None:
             continue
+        record = decode_record(row.get("features"))
+        if record is not None and label in index_of:
+            records.append(RecordDecision(str(row["photo_id"]), record, index_of[label]))
         if row["model_version"] == artifact.version:
             decided.append(Decided(str(row["photo_id"]), candidates, label))
         else:
@@ -68,8 +83,13 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     except AdaptRefused as exc:
         print(f"adapt: not adapting model {artifact.version}: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    head = None
+    if not args.no_refit:
+        head = _refit(artifact, records, result.weights, in_force.review_threshold, args.strength)
     print(f"model {artifact.version}")
     print(result.evidence())
+    if head is not None:
+        print(head.evidence())
     if not args.apply:
         print("not applied: run again with --apply --output DIR to write the adapted model")
         return EXIT_OK
@@ -81,20 +101,36 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         print(f"adapt: {out} must be a new or empty folder", file=sys.stderr)
         return EXIT_CONFIG
     weights_text = json.dumps([round(w, 6) for w in result.weights])
-    digest = hashlib.sha256(f"{artifact.version}:{weights_text}".encode()).hexdigest()[:10]
+    fingerprint = hashlib.sha256(f"{artifact.version}:{weights_text}".encode())
+    correction = None if head is None else head.correction
+    if correction is not None:
+        fingerprint.update(correction.weights.astype("float32").tobytes())
+    digest = fingerprint.hexdigest()[:10]
     base_version = str(artifact.metadata.get("adapted", {}).get("from_version", artifact.version))
     scratch = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(artifact.path, scratch)
     meta = json.loads((scratch / METADATA_FILE).read_text())
     meta["version"] = f"{base_version}-shelter-{digest}"
-    meta.setdefault("output", {})["class_weights"] = json.loads(weights_text)
+    output = meta.setdefault("output", {})
+    output["class_weights"] = json.loads(weights_text)
+    if head is not None:
+        # A new refit replaces the old correction; one judged worse than the prior is dropped.
+        (scratch / HEAD_CORRECTION_FILE).unlink(missing_ok=True)
+        output.pop("head_correction", None)
+    if correction is not None:
+        correction.save(scratch / HEAD_CORRECTION_FILE)
+        output["head_correction"] = {
+            "file": HEAD_CORRECTION_FILE,
+            "sha256": file_sha256(scratch / HEAD_CORRECTION_FILE),
+        }
     meta["adapted"] = {
         "from_version": base_version,
         "decisions": sum(result.counts.values()),
         "counts": result.counts,
         "strength": args.strength,
-        "evidence": result.evidence(),
+        "evidence": result.evidence() + ("" if head is None else "\n" + head.evidence()),
+        **({} if head is None else {"head_refit": {"decisions": head.decisions, "l2": head.l2}}),
     }
     (scratch / METADATA_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
     try:
@@ -113,6 +149,32 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         "learns its threshold once staff have reviewed some of its answers"
     )
     return EXIT_OK
+
+
+def _refit(
+    artifact: Artifact,
+    records: list[RecordDecision],
+    weights: list[float],
+    threshold: float,
+    strength: float,
+) -> Refit | None:
+    """The head refitted on the decided photos' records, when the model keeps records and
+    enough of them are decided; None otherwise (the prior alone is adapted)."""
+    space = load_feature_space(artifact)
+    if space is None:
+        return None
+    return refit(
+        records,
+        space,
+        artifact.labels,
+        artifact.temperature,
+        threshold,
+        artifact.reject_labels,
+        current_weights=artifact.class_weights,
+        current_correction=load_head_correction(artifact, space),
+        final_weights=weights,
+        strength=strength,
+    )
 
 
 def _staff_label(row: dict[str, object], label_of_values: object) -> str | None:

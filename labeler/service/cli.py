@@ -527,8 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "adapt",
-        help="learn the shelter's breed frequencies from staff decisions; a new model version "
-        "only with --apply",
+        help="learn the shelter's breed frequencies from staff decisions, and refit the head "
+        "on decided photos' records; a new model version only with --apply",
     )
     p.add_argument(
         "--strength",
@@ -536,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=20.0,
         metavar="N",
         help="pseudo-decisions spread over all breeds (smoothing towards uniform)",
+    )
+    p.add_argument(
+        "--no-refit",
+        action="store_true",
+        help="learn the breed frequencies only; keep the head as it is",
     )
     p.add_argument("--apply", action="store_true", help="write the adapted model to --output")
     p.add_argument("--output", type=Path, metavar="DIR", help="the new model's folder")

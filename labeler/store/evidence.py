@@ -87,7 +87,7 @@ def quality_counts(session: Session) -> list[VersionCounts]:
 def staff_decided_photos(session: Session) -> list[dict[str, Any]]:
     """Classified photos whose breed staff decided: on the photo (``reviewed_breed``) or on
     its animal (``reviewed_breed``, or a breed set in the shelter's own UI, ``staff_values``),
-    with the model version and its stored top three."""
+    with the model version, its stored top three and its record for adapting."""
     rows = session.execute(
         select(
             photo.c.photo_id,
@@ -98,6 +98,7 @@ def staff_decided_photos(session: Session) -> list[dict[str, Any]]:
             photo.c.confidence_2,
             photo.c.breed_3,
             photo.c.confidence_3,
+            photo.c.features,
             photo.c.reviewed_breed,
             group.c.reviewed_breed.label("group_reviewed_breed"),
             group.c.staff_values,

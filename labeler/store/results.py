@@ -278,6 +278,7 @@ def _result_values(
             audit=int(outcome.audit),
             scores=outcome.scores,
             fingerprint=outcome.fingerprint,
+            features=outcome.prediction.record,
         )
     return values
 

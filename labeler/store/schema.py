@@ -12,6 +12,7 @@ from sqlalchemy import (
     Double,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -128,6 +129,12 @@ photo = Table(
         "change_marker",
         String(255),
         comment="LABELER_SOURCE_CHANGE_COLUMN's value (as text) when the photo was read",
+    ),
+    # migration 0008: what labeler adapt refits the head on, so it never reads a photo again
+    Column(
+        "features",
+        LargeBinary,
+        comment="the network's outputs for adapting (labeler.model.features), under 1 kB",
     ),
     CheckConstraint(
         "status IN ('pending', 'labelled', 'needs_review', 'failed', 'reviewed', 'gone')",

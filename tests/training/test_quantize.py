@@ -17,7 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from labeler.model.artifact import load_artifact
+from labeler.core.paths import INT8_CPU_FLAGS, cpu_flags
+from labeler.model.artifact import ArtifactError, load_artifact
 from labeler.model.classifier import Classifier
 from training import onnx_backbone
 from training.cli import build_parser
@@ -130,7 +131,10 @@ def test_a_quantized_backbone_keeps_its_outputs_and_its_answers(
     float_features, float_logits = OnnxBackbone(backbone, SPEC, threads=1).run(images)
     features, logits = OnnxBackbone(out, SPEC, threads=1).run(images)
     assert logits is not None and float_logits is not None
-    np.testing.assert_allclose(features, float_features, atol=0.02)
+    # Without VNNI, ONNX Runtime's u8s8 kernels add products in 16 bits that can saturate
+    # (why the default model there is the float one): the features drift a little further.
+    exact_int8 = bool(cpu_flags() & INT8_CPU_FLAGS)
+    np.testing.assert_allclose(features, float_features, atol=0.02 if exact_int8 else 0.05)
     assert np.array_equal(logits.argmax(axis=1), float_logits.argmax(axis=1))
 
 
@@ -240,6 +244,12 @@ def test_the_committed_int8_artifact_loads_and_passes_its_check() -> None:
     assert meta["training"]["quantize"] == "int8"
     assert meta["data"]["quantization"]["name"] == "stanford-dogs-train"
     assert meta["decision"]["fitted_on"] == "fullframe-calibration"
+    if not cpu_flags() & INT8_CPU_FLAGS:
+        # Where int8 arithmetic is not exact the check notices, and the model is refused at
+        # start with the reason instead of serving other numbers than it was fitted on.
+        with pytest.raises(ArtifactError, match="differs from the one recorded"):
+            Classifier.load(directory, runtime="auto", threads=2)
+        return
     classifier = Classifier.load(directory, runtime="auto", threads=2)
     assert classifier.runtime_name == "onnxruntime"
     assert "from the artifact" in classifier.runtime.description
