@@ -107,14 +107,18 @@ def fit_correction(
     l2: float = DEFAULT_L2,
     steps: int = STEPS,
     learning_rate: float = LEARNING_RATE,
+    raw_logp: np.ndarray | None = None,
 ) -> HeadCorrection:
     """Multinomial logistic regression with a fixed offset: the mean cross-entropy plus
     ``l2 / 2 * |W|^2`` (and a tenth of it on the bias), minimised by full-batch Adam from
-    zero. Rows whose label the dog gate ruled out are left out."""
+    zero. Rows whose label the dog gate ruled out are left out, judged on the network's raw
+    log-probabilities (``raw_logp``; the offset itself when not given): a temperature or a
+    class weight would move a gated label's offset over any fixed line."""
     offset = np.asarray(offset, np.float64)
     x = np.asarray(projected, np.float64)
     y = np.asarray(labels, np.int64)
-    keep = offset[np.arange(len(y)), y] > _GATED
+    raw = offset if raw_logp is None else np.asarray(raw_logp, np.float64)
+    keep = raw[np.arange(len(y)), y] > _GATED
     offset, x, y = offset[keep], x[keep], y[keep]
     n, classes = offset.shape
     weights = np.zeros((x.shape[1], classes))
@@ -190,6 +194,7 @@ def refit(
             np.concatenate([x, space.anchor_projected]),
             np.concatenate([y, space.anchor_labels]),
             l2=l2,
+            raw_logp=np.concatenate([logp, space.anchor_logp]),
         )
 
     test_logp, test_x, test_y = arrays(test)

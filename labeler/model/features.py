@@ -90,6 +90,8 @@ class FeatureSpace:
                 )
         except (OSError, KeyError, ValueError) as exc:
             raise FeatureError(f"{path.name} is not a readable feature space: {exc}") from exc
+        if space.projection.ndim != 2 or space.anchor_labels.ndim != 1:
+            raise FeatureError(f"{path.name}: its arrays do not fit together or the labels")
         d, big_d = space.projection.shape
         m = len(space.anchor_labels)
         shapes_ok = (
