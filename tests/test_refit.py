@@ -349,17 +349,26 @@ def test_too_few_or_foreign_records_are_not_refitted() -> None:
     assert result is not None and result.decisions == 300
 
 
-def test_features_that_say_nothing_do_not_make_things_worse() -> None:
-    """The model is already right; the features are noise."""
-    rng = np.random.default_rng(3)
+def _noise_feature_rows(
+    n: int, seed: int, right_share: float, confidence: float
+) -> list[RecordDecision]:
+    """Decisions on 3 breeds whose model answers ``confidence`` for its guess, right
+    ``right_share`` of the time, with features that are pure noise."""
+    rng = np.random.default_rng(seed)
     rows = []
-    for i in range(300):
+    for i in range(n):
         label = int(rng.integers(0, 3))
-        p = np.full(3, 0.1)
-        p[label] = 0.8
+        guess = label if rng.random() < right_share else (label + 1) % 3
+        p = np.full(3, (1.0 - confidence) / 2)
+        p[guess] = confidence
         record = PhotoRecord(SPACE, np.log(p), rng.normal(0, 1.0, 3))
         rows.append(RecordDecision(f"photo-{i}", record, label))
-    result = _refit(rows)
+    return rows
+
+
+def test_features_that_say_nothing_do_not_make_things_worse() -> None:
+    """The model is already right; the features are noise."""
+    result = _refit(_noise_feature_rows(300, seed=3, right_share=1.0, confidence=0.8))
     assert result is not None
     assert result.prior_only.top1_right == result.prior_only.n  # the model alone is right
     if result.correction is None:
@@ -373,16 +382,7 @@ def test_features_that_say_nothing_do_not_make_things_worse() -> None:
 def test_a_refit_that_breaks_the_precision_promise_is_not_applied() -> None:
     """The model is confident (0.9) but right only 70% of the time, and the features are
     noise: no correction can fix the auto-labels, so none is applied."""
-    rng = np.random.default_rng(4)
-    rows = []
-    for i in range(400):
-        label = int(rng.integers(0, 3))
-        guess = label if rng.random() < 0.7 else (label + 1) % 3
-        p = np.full(3, 0.05)
-        p[guess] = 0.9
-        record = PhotoRecord(SPACE, np.log(p), rng.normal(0, 1.0, 3))
-        rows.append(RecordDecision(f"photo-{i}", record, label))
-    result = _refit(rows)
+    result = _refit(_noise_feature_rows(400, seed=4, right_share=0.7, confidence=0.9))
     assert result is not None
     assert result.correction is None
     assert result.reason

@@ -105,8 +105,9 @@ def add_arguments(p: argparse.ArgumentParser, shared: Path) -> None:
     p.add_argument(
         "--quantize-reduce-range",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="7-bit weights (for x86 CPUs without VNNI, where u8s8 products can saturate)",
+        default=True,
+        help="7-bit weights, so that x86 CPUs without VNNI add u8s8 products without "
+        "saturating and serve the same numbers as VNNI ones (default)",
     )
     p.add_argument(
         "--quantize-exclude",

@@ -46,7 +46,7 @@ class QuantizeOptions:
     per_channel: bool = True
     activations: str = "uint8"  # U8S8: what x86 (VNNI) integer kernels take natively
     symmetric_activations: bool = False
-    reduce_range: bool = False  # 7-bit weights: no u8s8 saturation on AVX2 without VNNI
+    reduce_range: bool = True  # 7-bit weights: no u8s8 saturation on AVX2 without VNNI
     exclude: tuple[str, ...] = (CLASSIFIER,)  # node names, or FIRST_CONV / CLASSIFIER
     batch_size: int = 16
     stride_batches: int = 4

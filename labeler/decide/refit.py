@@ -36,6 +36,7 @@ from labeler.decide.adapt import (
     held_out,
     outcome,
 )
+from labeler.model.classifier import top_k
 from labeler.model.features import FeatureSpace, HeadCorrection, PhotoRecord
 
 # Chosen on simulated shelters built from the calibration photos (decisions 150-600):
@@ -201,8 +202,9 @@ def refit(
 
     def judged(weights: Sequence[float] | None, correction: HeadCorrection | None) -> Outcome:
         p = probabilities(offsets(test_logp, temperature, weights), test_x, correction)
+        ranked = top_k(p, label_names)
         return outcome(
-            ((_top(row, label_names), label_names[t]) for row, t in zip(p, test_y, strict=True)),
+            ((r.candidates, label_names[t]) for r, t in zip(ranked, test_y, strict=True)),
             threshold,
             reject,
         )
@@ -222,11 +224,6 @@ def refit(
         reason = f"its auto-labels are {after.auto_right}/{after.auto} right"
     correction = None if reason else fitted(usable, final_weights)
     return Refit(correction, before, prior_only, after, len(usable), l2, reason)
-
-
-def _top(row: np.ndarray, labels: tuple[str, ...], k: int = 3) -> tuple[tuple[str, float], ...]:
-    order = np.argsort(-row, kind="stable")[:k]
-    return tuple((labels[int(j)], float(row[j])) for j in order)
 
 
 def _logsumexp(z: np.ndarray) -> np.ndarray:
