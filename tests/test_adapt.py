@@ -15,11 +15,13 @@ from sqlalchemy import create_engine
 from labeler.config.settings import Settings
 from labeler.decide.adapt import (
     MIN_DECISIONS,
+    MIN_OUTSIDE,
     AdaptRefused,
     Decided,
     adapt,
     class_weights,
     held_out,
+    look_alikes,
     reweight,
 )
 from labeler.model.artifact import load_artifact, load_feature_space, load_head_correction
@@ -28,7 +30,7 @@ from labeler.model.features import FEATURE_SPACE_FILE, FeatureSpace, encode_reco
 from labeler.service.cli import main
 from labeler.store import migrate
 from labeler.store.engine import make_engine
-from labeler.store.schema import NEEDS_REVIEW, photo
+from labeler.store.schema import NEEDS_REVIEW, REVIEWED, group, photo
 from tests.helpers import create_photos, png_bytes
 
 LABELS = ["beagle", "pug", "whippet", "not_a_dog"]
@@ -114,6 +116,26 @@ def test_a_model_adapted_before_is_not_adapted_twice() -> None:
     assert again.after.top1_right <= first.after.top1_right
 
 
+def test_a_label_staff_often_replace_with_a_breed_outside_the_model_is_a_look_alike() -> None:
+    decisions: list[tuple[str, str | None]] = (
+        [("American_Staffordshire_terrier", "Pit Bull Terrier")] * 9
+        + [("American_Staffordshire_terrier", "Mixed Breed")] * 2
+        + [("American_Staffordshire_terrier", None)] * 3
+        + [("beagle", None)] * 97
+        + [("beagle", "Harrier")] * 3  # 3 in 100: what a 95% promise allows
+        + [("pug", "Mixed Breed")] * (MIN_OUTSIDE - 1)  # too few to say anything
+    )
+    (found,) = look_alikes(decisions)
+    assert found.label == "American_Staffordshire_terrier"
+    assert (found.decided, found.outside) == (14, 11)
+    assert found.chosen == (("Pit Bull Terrier", 9), ("Mixed Breed", 2))
+    assert "11 of the 14" in found.describe() and "'Pit Bull Terrier' 9" in found.describe()
+    # Most affected first; nothing outside the model, nothing listed.
+    many = decisions + [("whippet", "Lurcher")] * 5
+    assert [f.label for f in look_alikes(many)] == ["whippet", "American_Staffordshire_terrier"]
+    assert look_alikes([("beagle", None)] * 50) == []
+
+
 # --- the command --------------------------------------------------------------------------
 
 
@@ -192,6 +214,69 @@ def test_adapt_prints_evidence_and_writes_a_new_version_only_with_apply(
 
     # A second --apply into a folder that is not empty is refused.
     assert main(["adapt", "--apply", "--output", str(out)]) == 2
+
+
+def test_adapt_names_a_label_staff_keep_replacing_with_a_breed_outside_the_model(
+    configured: str,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Animals the model called pug that staff set, in their own screens, to a breed the
+    breed map has no label for: adapt says so, whether or not it adapts."""
+    version = load_artifact(tiny_artifact).version
+    insert_decisions(configured, version, shelter(300))
+    breed_map = tmp_path / "map.csv"
+    breed_map.write_text("label,BreedID,BreedName\nbeagle,19,Beagle\npug,5,Pug\n")
+    now = datetime(2026, 12, 1)
+    animals, photos = [], []
+    for i in range(30):
+        animals.append(
+            {
+                "group_id": f"dog-{i}",
+                "status": REVIEWED,
+                "breed": "pug",
+                "confidence": 0.95,
+                "model_version": version,
+                "review_reason": "staff set the breed",
+                "discovered_at": now,
+                "updated_at": now,
+                "staff_values": '{"BreedID": "99", "BreedName": "Pit Bull Terrier"}',
+            }
+        )
+        photos.append(
+            {
+                "photo_id": f"dog-{i}-photo",
+                "group_id": f"dog-{i}",
+                "status": REVIEWED,
+                "breed": "pug",
+                "confidence": 0.95,
+                "model_version": version,
+                "discovered_at": now,
+                "updated_at": now,
+            }
+        )
+    engine = create_engine(configured)
+    with engine.begin() as conn:
+        conn.execute(group.insert(), animals)
+        conn.execute(photo.insert(), photos)
+    engine.dispose()
+    for key, value in {
+        "SOURCE_GROUP_COLUMN": "id",
+        "TARGET_TABLE": "animals",
+        "TARGET_KEY_COLUMN": "id",
+        "BREED_MAP": str(breed_map),
+        "TARGET_UNDECIDED": "BreedID=0",
+    }.items():
+        monkeypatch.setenv(f"LABELER_{key}", value)
+
+    assert main(["adapt"]) == 0
+    printed = capsys.readouterr().out
+    (line,) = [x for x in printed.splitlines() if x.startswith("look-alike:")]
+    assert "pug: for 30 of the" in line and "'Pit Bull Terrier' 30" in line
+    assert "unmapped in the breed map" in line
+    assert "not applied" in printed  # a diagnosis: nothing changed
 
 
 def test_adapt_refuses_with_too_few_decisions(

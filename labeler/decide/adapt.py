@@ -196,6 +196,57 @@ def adapt(
     return Adaptation(class_weights(counts, labels, strength), counts, before, after)
 
 
+# Staff must have chosen a breed outside the model at least this often over one label before
+# adapt calls that label a look-alike of it.
+MIN_OUTSIDE = 3
+
+
+@dataclass(frozen=True)
+class OutsideTheModel:
+    """Staff decisions on photos the model called ``label``: how many there were, and which of
+    the shelter's breeds outside the model staff chose instead (most chosen first)."""
+
+    label: str
+    decided: int
+    chosen: tuple[tuple[str, int], ...]
+
+    @property
+    def outside(self) -> int:
+        return sum(n for _, n in self.chosen)
+
+    def describe(self) -> str:
+        names = ", ".join(f"{name!r} {n}" for name, n in self.chosen[:3])
+        return (
+            f"{self.label}: for {self.outside} of the {self.decided} photos the model called so, "
+            f"staff chose a breed it does not know ({names})"
+        )
+
+
+def look_alikes(decisions: Iterable[tuple[str, str | None]]) -> list[OutsideTheModel]:
+    """The model's labels that stand, at this shelter, for a breed the model does not know.
+
+    ``decisions``: for each photo staff decided, the model's best guess and the shelter's breed
+    staff chose when it is outside the model (None when it is one of the model's labels). A
+    label is listed when staff chose outside breeds over it at least ``MIN_OUTSIDE`` times and
+    so often that its auto-labels cannot keep the precision promise: the share's whole 95%
+    interval lies above ``1 - MIN_AUTO_PRECISION``. Most affected first."""
+    decided: Counter[str] = Counter()
+    chosen: dict[str, Counter[str]] = {}
+    for label, breed in decisions:
+        decided[label] += 1
+        if breed is not None:
+            chosen.setdefault(label, Counter())[breed] += 1
+    found = []
+    for label, names in chosen.items():
+        outside = sum(names.values())
+        interval = wilson_interval(outside, decided[label])
+        too_often = interval is not None and interval.low > 1.0 - MIN_AUTO_PRECISION
+        if outside >= MIN_OUTSIDE and too_often:
+            ranked = tuple(sorted(names.items(), key=lambda item: (-item[1], item[0])))
+            found.append(OutsideTheModel(label, decided[label], ranked))
+    return sorted(found, key=lambda item: (-item.outside / item.decided, item.label))
+
+
 def below_promise(result: Outcome) -> bool:
     """The held-out auto-labels show a precision under the promise: clearly (the whole 95%
     interval under it), or on enough of them for the estimate itself to count."""

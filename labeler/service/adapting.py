@@ -21,7 +21,7 @@ from pathlib import Path
 
 from labeler.config.settings import Settings
 from labeler.core.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from labeler.decide.adapt import AdaptRefused, Decided, adapt
+from labeler.decide.adapt import AdaptRefused, Decided, adapt, look_alikes
 from labeler.decide.refit import RecordDecision, Refit, refit
 from labeler.model.artifact import (
     METADATA_FILE,
@@ -41,17 +41,22 @@ from labeler.store.staff import reviewed_label
 
 def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     artifact = load_artifact(settings.model_dir)
-    label_of_values = None
-    if settings.breed_map is not None:
-        label_of_values = load_breed_map(settings.breed_map).label_for
+    breed_map = None if settings.breed_map is None else load_breed_map(settings.breed_map)
+    label_of_values = None if breed_map is None else breed_map.label_for
+    name_column = None if breed_map is None else breed_map.name_column
     engine = make_engine(settings)
     with session_factory(engine)() as session:
         in_force = thresholds_in_force(settings, session, artifact)
         rows = evidence.staff_decided_photos(session)
     decided, earlier, records = [], [], []
+    outside: list[tuple[str, str | None]] = []  # (best guess, staff's breed outside the model)
     index_of = {label: i for i, label in enumerate(artifact.labels)}
     for row in rows:
         label = _staff_label(row, label_of_values)
+        if label is not None:
+            outside.append((str(row["breed"]), None))
+        elif (name := _outside_breed(row, name_column)) is not None:
+            outside.append((str(row["breed"]), name))
         candidates = tuple(
             (str(row[b]), float(row[c]))
             for b, c in (
@@ -70,6 +75,11 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             decided.append(Decided(str(row["photo_id"]), candidates, label))
         else:
             earlier.append(label)
+    for found in look_alikes(outside):
+        print(
+            f"look-alike: {found.describe()}; its auto-labels are wrong here: leave "
+            "it unmapped in the breed map (LABELER_BREED_MAP) so its animals go to review"
+        )
     try:
         result = adapt(
             decided,
@@ -175,6 +185,22 @@ def _refit(
         final_weights=weights,
         strength=strength,
     )
+
+
+def _outside_breed(row: dict[str, object], name_column: str | None) -> str | None:
+    """The breed staff set in the shelter's own UI when the breed map has no label for it (as
+    the shelter names it); None for any other row."""
+    staff = row.get("staff_values")
+    if not isinstance(staff, str) or not staff or name_column is None:
+        return None
+    try:
+        values = json.loads(staff)
+    except ValueError:
+        return None
+    if not isinstance(values, dict):
+        return None
+    name = values.get(name_column)
+    return str(name) if name is not None else json.dumps(values, sort_keys=True)
 
 
 def _staff_label(row: dict[str, object], label_of_values: object) -> str | None:
