@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from labeler.config.settings import Settings
+from labeler.core.domain import Prediction
 from labeler.decide.adapt import (
     MIN_DECISIONS,
     MIN_OUTSIDE,
@@ -24,13 +25,19 @@ from labeler.decide.adapt import (
     look_alikes,
     reweight,
 )
-from labeler.model.artifact import load_artifact, load_feature_space, load_head_correction
+from labeler.decide.decision import decide, resolve_thresholds
+from labeler.model.artifact import (
+    ArtifactError,
+    load_artifact,
+    load_feature_space,
+    load_head_correction,
+)
 from labeler.model.classifier import Classifier, apply_class_weights
 from labeler.model.features import FEATURE_SPACE_FILE, FeatureSpace, encode_record, file_sha256
 from labeler.service.cli import main
 from labeler.store import migrate
 from labeler.store.engine import make_engine
-from labeler.store.schema import NEEDS_REVIEW, REVIEWED, group, photo
+from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, group, photo
 from tests.helpers import create_photos, png_bytes
 
 LABELS = ["beagle", "pug", "whippet", "not_a_dog"]
@@ -275,8 +282,28 @@ def test_adapt_names_a_label_staff_keep_replacing_with_a_breed_outside_the_model
     printed = capsys.readouterr().out
     (line,) = [x for x in printed.splitlines() if x.startswith("look-alike:")]
     assert "pug: for 30 of the" in line and "'Pit Bull Terrier' 30" in line
-    assert "unmapped in the breed map" in line
-    assert "not applied" in printed  # a diagnosis: nothing changed
+    assert "sends its photos to review" in line and "unmapped in the breed map" in line
+    assert "not applied" in printed  # nothing changed yet
+    assert load_artifact(tiny_artifact).look_alikes == ()
+
+    # Applied, the new version sends its pug answers to review, with what staff chose.
+    out = tmp_path / "adapted"
+    assert main(["adapt", "--apply", "--output", str(out)]) == 0
+    adapted = load_artifact(out)
+    ((label, chosen),) = adapted.look_alikes
+    assert label == "pug" and "'Pit Bull Terrier' 30 times" in chosen
+    assert "pug" in adapted.never_auto_labels and "beagle" not in adapted.never_auto_labels
+    rule = resolve_thresholds(adapted, 0.5, None)
+    pug = decide(Prediction((("pug", 0.99), ("beagle", 0.01))), rule)
+    assert pug.status == NEEDS_REVIEW and "Pit Bull Terrier" in (pug.reason or "")
+    beagle = decide(Prediction((("beagle", 0.99), ("pug", 0.01))), rule)
+    assert beagle.status == LABELLED
+    # A look-alike that is no label of the model is refused at load.
+    meta = json.loads((out / "metadata.json").read_text())
+    meta["output"]["look_alikes"] = {"labradoodle": "x"}
+    (out / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="look_alikes"):
+        load_artifact(out)
 
 
 def test_adapt_refuses_with_too_few_decisions(

@@ -52,6 +52,16 @@ def test_decide(candidates, thresholds, status, reason_part) -> None:  # type: i
         assert reason_part in (decision.reason or "")
 
 
+def test_a_look_alike_label_goes_to_review_however_confident() -> None:
+    rule = Thresholds(0.6, 0.0, look_alikes=(("pug", "'Pit Bull Terrier' 9 times"),))
+    decision = decide(prediction(("pug", 0.99), ("beagle", 0.01)), rule)
+    assert decision.status == NEEDS_REVIEW
+    assert "'pug' stands here for breeds the model does not know" in (decision.reason or "")
+    assert "'Pit Bull Terrier' 9 times" in (decision.reason or "")
+    assert decide(prediction(("beagle", 0.99), ("pug", 0.01)), rule).status == LABELLED
+    assert rule.look_alike_of("beagle") is None
+
+
 @pytest.mark.parametrize(
     "candidates",
     [

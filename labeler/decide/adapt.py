@@ -221,6 +221,11 @@ class OutsideTheModel:
             f"staff chose a breed it does not know ({names})"
         )
 
+    def chosen_instead(self) -> str:
+        """What staff chose instead, in words that finish "staff chose ... over it"."""
+        names = " and ".join(f"{name!r} {n} times" for name, n in self.chosen[:3])
+        return f"{names} in {self.decided} decisions"
+
 
 def look_alikes(decisions: Iterable[tuple[str, str | None]]) -> list[OutsideTheModel]:
     """The model's labels that stand, at this shelter, for a breed the model does not know.

@@ -34,6 +34,13 @@ class Thresholds:
     # where the model has one, that per animal size (2, 3, 4 or more photos).
     animal_evidence: float = 1.0
     animal_evidence_by_photos: tuple[float, ...] | None = None
+    # (label, what staff chose instead): labels that stand, at this shelter, for a breed the
+    # model does not know (labeler adapt); never auto-labelled.
+    look_alikes: tuple[tuple[str, str], ...] = ()
+
+    def look_alike_of(self, label: str) -> str | None:
+        """What staff chose instead of ``label`` when it is a look-alike here; else None."""
+        return next((chosen for name, chosen in self.look_alikes if name == label), None)
 
     def evidence_for(self, photos: int) -> float:
         """The animal rule's evidence for an animal of ``photos`` photos."""
@@ -93,6 +100,7 @@ def resolve_thresholds(
         source=source,
         animal_evidence=artifact.decision.animal_evidence,
         animal_evidence_by_photos=artifact.decision.animal_evidence_by_photos,
+        look_alikes=artifact.look_alikes,
     )
 
 
@@ -114,6 +122,13 @@ def decide(prediction: Prediction, thresholds: Thresholds) -> Decision:
         return Decision(NEEDS_REVIEW, "the model gave no usable confidence (not a finite number)")
     if prediction.label in thresholds.reject_labels:
         return Decision(NEEDS_REVIEW, not_a_breed_reason(prediction))
+    chosen_instead = thresholds.look_alike_of(prediction.label)
+    if chosen_instead is not None:
+        return Decision(
+            NEEDS_REVIEW,
+            f"best guess {prediction.label!r} stands here for breeds the model does not know: "
+            f"staff chose {chosen_instead} over it",
+        )
     if prediction.confidence < thresholds.review_threshold:
         return Decision(
             NEEDS_REVIEW,

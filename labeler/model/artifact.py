@@ -96,7 +96,14 @@ class Artifact:
     feature_space: ArrayFile | None = None
     feature_space_id: str | None = None
     head_correction: ArrayFile | None = None
+    # (label, what staff chose instead): labels sent to review at this shelter (labeler adapt).
+    look_alikes: tuple[tuple[str, str], ...] = ()
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def never_auto_labels(self) -> frozenset[str]:
+        """Labels whose photos always go to review: not breeds, or look-alikes here."""
+        return self.reject_labels | {label for label, _ in self.look_alikes}
 
     @property
     def model_path(self) -> Path:
@@ -145,6 +152,10 @@ def load_artifact(path: str | Path) -> Artifact:
     reject = frozenset(meta.output.reject_labels)
     if not reject <= set(labels):
         raise ArtifactError(f"{root}: reject_labels {sorted(reject - set(labels))} are not labels")
+    look_alikes = tuple(sorted(meta.output.look_alikes.items()))
+    if not {label for label, _ in look_alikes} <= set(labels):
+        unknown = sorted({label for label, _ in look_alikes} - set(labels))
+        raise ArtifactError(f"{root}: output.look_alikes {unknown} are not labels")
     weights = meta.output.class_weights
     if weights is not None and len(weights) != len(labels):
         raise ArtifactError(
@@ -187,6 +198,7 @@ def load_artifact(path: str | Path) -> Artifact:
         feature_space=space,
         feature_space_id=None if meta.features is None else meta.features.space,
         head_correction=correction,
+        look_alikes=look_alikes,
         metadata=raw,
     )
 

@@ -63,6 +63,9 @@ class Output(_Section):
     class_weights: list[Weight] | None = None
     # labeler.model.features.HeadCorrection: the shelter head that ``labeler adapt`` refits.
     head_correction: StoredFile | None = None
+    # Labels that stand, at this shelter, for a breed the model does not know (``labeler
+    # adapt``): label -> what staff chose instead. Their photos always go to review.
+    look_alikes: dict[str, str] = {}
 
 
 class Features(_Section):

@@ -75,17 +75,21 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             decided.append(Decided(str(row["photo_id"]), candidates, label))
         else:
             earlier.append(label)
-    for found in look_alikes(outside):
+    found_look_alikes = look_alikes(outside)
+    for found in found_look_alikes:
         print(
-            f"look-alike: {found.describe()}; its auto-labels are wrong here: leave "
-            "it unmapped in the breed map (LABELER_BREED_MAP) so its animals go to review"
+            f"look-alike: {found.describe()}; its auto-labels are wrong here: the adapted "
+            "model sends its photos to review (or leave it unmapped in the breed map, "
+            "LABELER_BREED_MAP)"
         )
+    # Judged as the adapted model will serve them: look-alike labels are never auto-labelled.
+    never_auto = artifact.reject_labels | {found.label for found in found_look_alikes}
     try:
         result = adapt(
             decided,
             artifact.labels,
             in_force.review_threshold,
-            artifact.reject_labels,
+            never_auto,
             strength=args.strength,
             current_weights=artifact.class_weights,
             earlier=earlier,
@@ -95,7 +99,9 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     head = None
     if not args.no_refit:
-        head = _refit(artifact, records, result.weights, in_force.review_threshold, args.strength)
+        head = _refit(
+            artifact, records, result.weights, in_force.review_threshold, args.strength, never_auto
+        )
     print(f"model {artifact.version}")
     print(result.evidence())
     if head is not None:
@@ -111,7 +117,9 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         print(f"adapt: {out} must be a new or empty folder", file=sys.stderr)
         return EXIT_CONFIG
     weights_text = json.dumps([round(w, 6) for w in result.weights])
+    look_alike_values = {found.label: found.chosen_instead() for found in found_look_alikes}
     fingerprint = hashlib.sha256(f"{artifact.version}:{weights_text}".encode())
+    fingerprint.update(json.dumps(look_alike_values, sort_keys=True).encode())
     correction = None if head is None else head.correction
     if correction is not None:
         fingerprint.update(correction.weights.astype("float32").tobytes())
@@ -124,6 +132,10 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     meta["version"] = f"{base_version}-shelter-{digest}"
     output = meta.setdefault("output", {})
     output["class_weights"] = json.loads(weights_text)
+    # Found again from every decision each time: the new list replaces the old one.
+    output.pop("look_alikes", None)
+    if look_alike_values:
+        output["look_alikes"] = look_alike_values
     if head is not None:
         # A new refit replaces the old correction; one judged worse than the prior is dropped.
         (scratch / HEAD_CORRECTION_FILE).unlink(missing_ok=True)
@@ -167,6 +179,7 @@ def _refit(
     weights: list[float],
     threshold: float,
     strength: float,
+    never_auto: frozenset[str],
 ) -> Refit | None:
     """The head refitted on the decided photos' records, when the model keeps records and
     enough of them are decided; None otherwise (the prior alone is adapted)."""
@@ -179,7 +192,7 @@ def _refit(
         artifact.labels,
         artifact.temperature,
         threshold,
-        artifact.reject_labels,
+        never_auto,
         current_weights=artifact.class_weights,
         current_correction=load_head_correction(artifact, space),
         final_weights=weights,

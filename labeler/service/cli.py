@@ -386,9 +386,8 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> int:
     current = in_force.review_threshold if version == artifact.version else None
     if current is None and stored is not None:
         current = stored.review_threshold
-    usable_rows = [
-        r for r in (decided_row(**row, reject_labels=artifact.reject_labels) for row in rows) if r
-    ]
+    never_auto = artifact.never_auto_labels
+    usable_rows = [r for r in (decided_row(**row, reject_labels=never_auto) for row in rows) if r]
     try:
         result = calibrate(
             usable_rows,
