@@ -11,6 +11,12 @@ within-breed covariance of the feature space's anchor records, shrunk halfway to
 For limits that keep 90 %, 95 % and 99 % of the real auto-labels, it prints what is left of the
 coverage, the precision and the simulated unknown breeds' auto-labels, then which breed the
 unknowns were mistaken for. A model without a feature space cannot be measured.
+
+Then what the shelter's own decisions do (``labeler adapt``'s look-alikes): one breed of the
+data at a time is outside the model (taken out of every answer); staff decide a share of the
+photos at random, naming a breed the model does not know for that breed's photos; the labels
+``look_alikes`` finds in those decisions are sent to review, and the other photos are decided
+with and without them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import argparse
 import os
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +35,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import photos, without  # noqa: E402
+from labeler.core.domain import Prediction  # noqa: E402
 from labeler.core.paths import default_model_dir  # noqa: E402
-from labeler.decide.decision import decide, resolve_thresholds  # noqa: E402
+from labeler.decide.adapt import look_alikes  # noqa: E402
+from labeler.decide.decision import Thresholds, decide, resolve_thresholds  # noqa: E402
 from labeler.model.classifier import Classifier  # noqa: E402
 from labeler.model.features import FeatureSpace, decode_record  # noqa: E402
 from labeler.photos.decoding import decode_image  # noqa: E402
 from labeler.store.schema import LABELLED  # noqa: E402
 
 KEEP = (0.90, 0.95, 0.99)
+DECIDED_SHARES = (0.1, 0.25, 0.5)
 SHRINK = 0.5
 
 
@@ -74,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return float(d @ precision_matrix @ d) / len(d)
 
     rows = []  # (auto, right, distance, unknown auto, unknown distance, truth, unknown label)
+    answers: list[tuple[Prediction, str]] = []
     for start in range(0, len(items), args.batch_size):
         batch = items[start : start + args.batch_size]
         images = [decode_image(p.read_bytes()) for p, _ in batch]
@@ -85,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             truth = art.labels[y]
             projected = record.projected.astype(np.float64)
             other = without(pred, truth)
+            answers.append((pred, truth))
             rows.append(
                 (
                     decide(pred, thresholds).status == LABELLED,
@@ -120,7 +132,52 @@ def main(argv: list[str] | None = None) -> int:
     print("unknown breeds auto-labelled, as what (top 10):")
     for (truth, label), count in pairs.most_common(10):
         print(f"  {count:>4}  {truth} -> {label}")
+    for share in DECIDED_SHARES:
+        print(learned_from_staff(answers, thresholds, share))
     return 0
+
+
+def learned_from_staff(
+    answers: list[tuple[Prediction, str]], thresholds: Thresholds, share: float, seed: int = 0
+) -> str:
+    """One breed of the data at a time outside the model (taken out of every answer): staff
+    decide ``share`` of the photos, their own breed for it being one the model does not know;
+    ``look_alikes`` on those decisions, then the other photos decided with and without them."""
+    breeds = sorted({truth for _, truth in answers})
+    decided = np.random.default_rng(seed).random(len(answers)) < share
+    totals = Counter[str]()
+    for breed in breeds:
+        answered = [(without(p, breed), truth) for p, truth in answers]
+        found = look_alikes(
+            (a.label, "outside" if truth == breed else None)
+            for (a, truth), d in zip(answered, decided, strict=True)
+            if d
+        )
+        learned = replace(thresholds, look_alikes=tuple((f.label, "staff") for f in found))
+        totals["look-alikes"] += len(found)
+        for (a, truth), d in zip(answered, decided, strict=True):
+            if d:
+                continue
+            kind = "unknown" if truth == breed else "known"
+            totals[kind] += 1
+            for rule, when in ((thresholds, "before"), (learned, "after")):
+                if decide(a, rule).status == LABELLED:
+                    totals[f"{kind} auto {when}"] += 1
+                    totals[f"{kind} right {when}"] += int(a.label == truth)
+    lines = [
+        f"one breed at a time outside the model ({len(breeds)} breeds), look-alikes learned "
+        f"from staff deciding {share:.0%} of the photos ({totals['look-alikes']} labels found "
+        "in all), judged on the others:"
+    ]
+    for when in ("before", "after"):
+        auto, right = totals[f"known auto {when}"], totals[f"known right {when}"]
+        lines.append(
+            f"  {when:<6}: unknown breed auto-labelled "
+            f"{totals[f'unknown auto {when}'] / totals['unknown']:.3f} "
+            f"({totals[f'unknown auto {when}']}/{totals['unknown']}); other photos' coverage "
+            f"{auto / totals['known']:.3f}, precision {right / max(auto, 1):.3f}"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
