@@ -141,6 +141,9 @@ def test_a_label_staff_often_replace_with_a_breed_outside_the_model_is_a_look_al
     many = decisions + [("whippet", "Lurcher")] * 5
     assert [f.label for f in look_alikes(many)] == ["whippet", "American_Staffordshire_terrier"]
     assert look_alikes([("beagle", None)] * 50) == []
+    # Labels never auto-labelled anyway are not look-alikes of anything.
+    assert look_alikes([("not_a_dog", "Cat")] * 10) == []
+    assert look_alikes(decisions, never=frozenset({"American_Staffordshire_terrier"})) == []
 
 
 # --- the command --------------------------------------------------------------------------
@@ -231,43 +234,48 @@ def test_adapt_names_a_label_staff_keep_replacing_with_a_breed_outside_the_model
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Animals the model called pug that staff set, in their own screens, to a breed the
-    breed map has no label for: adapt says so, whether or not it adapts."""
+    breed map has no label for: adapt says so, and the adapted model sends pug to review.
+    Each animal counts once, over every animal this model answered pug."""
     version = load_artifact(tiny_artifact).version
     insert_decisions(configured, version, shelter(300))
     breed_map = tmp_path / "map.csv"
     breed_map.write_text("label,BreedID,BreedName\nbeagle,19,Beagle\npug,5,Pug\n")
     now = datetime(2026, 12, 1)
-    animals, photos = [], []
-    for i in range(30):
+    pit_bull = '{"BreedID": "99", "BreedName": "Pit Bull Terrier"}'
+    animals: list[dict[str, object]] = []
+
+    def animal(answer: str, staff: str | None, model_version: str = version) -> None:
         animals.append(
             {
-                "group_id": f"dog-{i}",
-                "status": REVIEWED,
-                "breed": "pug",
+                "group_id": f"dog-{len(animals)}",
+                "status": LABELLED if staff is None else REVIEWED,
+                "breed": answer,
                 "confidence": 0.95,
-                "model_version": version,
-                "review_reason": "staff set the breed",
+                "model_version": model_version,
+                "review_reason": None if staff is None else "staff set the breed",
                 "discovered_at": now,
                 "updated_at": now,
-                "staff_values": '{"BreedID": "99", "BreedName": "Pit Bull Terrier"}',
+                "staff_values": staff,
             }
         )
-        photos.append(
-            {
-                "photo_id": f"dog-{i}-photo",
-                "group_id": f"dog-{i}",
-                "status": REVIEWED,
-                "breed": "pug",
-                "confidence": 0.95,
-                "model_version": version,
-                "discovered_at": now,
-                "updated_at": now,
-            }
-        )
+
+    for _ in range(18):
+        animal("pug", pit_bull)
+    for _ in range(2):  # the column names as PostgreSQL folds them
+        animal("pug", '{"breedid": "99", "breedname": "Pit Bull Terrier"}')
+    for _ in range(20):  # auto-labelled and left as they were: pugs indeed
+        animal("pug", None)
+    for _ in range(10):  # an undo (the undecided values) is no breed
+        animal("pug", '{"BreedID": "0", "BreedName": "Unknown"}')
+    for _ in range(5):  # staff chose a label of the model
+        animal("pug", '{"BreedID": "5", "BreedName": "Pug"}')
+    for _ in range(10):  # another model's answers say nothing about this one
+        animal("beagle", pit_bull, model_version="another-model-1")
+    for _ in range(10):  # never auto-labelled anyway
+        animal("not_a_dog", pit_bull)
     engine = create_engine(configured)
     with engine.begin() as conn:
         conn.execute(group.insert(), animals)
-        conn.execute(photo.insert(), photos)
     engine.dispose()
     for key, value in {
         "SOURCE_GROUP_COLUMN": "id",
@@ -281,7 +289,7 @@ def test_adapt_names_a_label_staff_keep_replacing_with_a_breed_outside_the_model
     assert main(["adapt"]) == 0
     printed = capsys.readouterr().out
     (line,) = [x for x in printed.splitlines() if x.startswith("look-alike:")]
-    assert "pug: for 30 of the" in line and "'Pit Bull Terrier' 30" in line
+    assert "pug: for 20 of the 45 animals" in line and "'Pit Bull Terrier' 20" in line
     assert "sends its photos to review" in line and "unmapped in the breed map" in line
     assert "not applied" in printed  # nothing changed yet
     assert load_artifact(tiny_artifact).look_alikes == ()
@@ -291,7 +299,7 @@ def test_adapt_names_a_label_staff_keep_replacing_with_a_breed_outside_the_model
     assert main(["adapt", "--apply", "--output", str(out)]) == 0
     adapted = load_artifact(out)
     ((label, chosen),) = adapted.look_alikes
-    assert label == "pug" and "'Pit Bull Terrier' 30 times" in chosen
+    assert label == "pug" and "'Pit Bull Terrier' 20 times" in chosen
     assert "pug" in adapted.never_auto_labels and "beagle" not in adapted.never_auto_labels
     rule = resolve_thresholds(adapted, 0.5, None)
     pug = decide(Prediction((("pug", 0.99), ("beagle", 0.01))), rule)

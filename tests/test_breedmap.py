@@ -61,6 +61,12 @@ def test_loads_a_map_and_looks_up_both_ways(tmp_path: Path) -> None:
     assert bmap.label_for({"BreedID": "163"}) == "toy_poodle"
     assert bmap.labels_for({"BreedID": 163}) == ("toy_poodle", "standard_poodle")
     assert bmap.mapped_labels == {"golden_retriever", "toy_poodle", "standard_poodle"}
+    # The name staff read, from a record's values, whatever the case of its columns.
+    assert bmap.name_in({"BreedID": 442, "BreedName": "Pit Bull Terrier"}) == "Pit Bull Terrier"
+    assert bmap.name_in({"breedid": "442", "breedname": " Havanese "}) == "Havanese"
+    assert bmap.name_in({"BreedID": 442, "BreedName": "  "}) is None
+    assert bmap.name_in({"BreedID": 442, "BreedName": None}) is None
+    assert bmap.name_in({"BreedID": 442}) is None
 
 
 def test_matched_to_takes_the_target_spelling(tmp_path: Path) -> None:

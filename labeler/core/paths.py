@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The int8 model runs the network about twice as cheaply. Its weights have 7 bits, so ONNX
+# The int8 model runs the network at 40-65% of the float one's CPU. Its weights have 7 bits, so ONNX
 # Runtime's x86 int8 kernels add their products without saturating, with VNNI dot-product
 # instructions or with AVX2's 16-bit pairs alike: the same integers, hence the outputs it was
 # fitted and checked on (it was built without VNNI and reproduced the numbers measured with it).

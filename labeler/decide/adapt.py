@@ -203,8 +203,8 @@ MIN_OUTSIDE = 3
 
 @dataclass(frozen=True)
 class OutsideTheModel:
-    """Staff decisions on photos the model called ``label``: how many there were, and which of
-    the shelter's breeds outside the model staff chose instead (most chosen first)."""
+    """The animals the model called ``label``: how many there were, and which of the
+    shelter's breeds outside the model staff chose for them instead (most chosen first)."""
 
     label: str
     decided: int
@@ -217,24 +217,28 @@ class OutsideTheModel:
     def describe(self) -> str:
         names = ", ".join(f"{name!r} {n}" for name, n in self.chosen[:3])
         return (
-            f"{self.label}: for {self.outside} of the {self.decided} photos the model called so, "
+            f"{self.label}: for {self.outside} of the {self.decided} animals the model called so, "
             f"staff chose a breed it does not know ({names})"
         )
 
     def chosen_instead(self) -> str:
         """What staff chose instead, in words that finish "staff chose ... over it"."""
         names = " and ".join(f"{name!r} {n} times" for name, n in self.chosen[:3])
-        return f"{names} in {self.decided} decisions"
+        return f"{names} among {self.decided} animals it was given"
 
 
-def look_alikes(decisions: Iterable[tuple[str, str | None]]) -> list[OutsideTheModel]:
+def look_alikes(
+    decisions: Iterable[tuple[str, str | None]], never: frozenset[str] = frozenset()
+) -> list[OutsideTheModel]:
     """The model's labels that stand, at this shelter, for a breed the model does not know.
 
-    ``decisions``: for each photo staff decided, the model's best guess and the shelter's breed
-    staff chose when it is outside the model (None when it is one of the model's labels). A
-    label is listed when staff chose outside breeds over it at least ``MIN_OUTSIDE`` times and
-    so often that its auto-labels cannot keep the precision promise: the share's whole 95%
-    interval lies above ``1 - MIN_AUTO_PRECISION``. Most affected first."""
+    ``decisions``: for each animal the model answered, its answer and the shelter's breed
+    staff chose when it is outside the model (None when staff chose one of the model's labels
+    or left the answer as it was). A label is listed when staff chose outside breeds over it
+    at least ``MIN_OUTSIDE`` times and so often that its answers cannot keep the precision
+    promise: the share's whole 95% interval lies above ``1 - MIN_AUTO_PRECISION``. Labels that
+    are not breeds and those in ``never`` (never auto-labelled anyway) are not listed. Most
+    affected first."""
     decided: Counter[str] = Counter()
     chosen: dict[str, Counter[str]] = {}
     for label, breed in decisions:
@@ -243,6 +247,8 @@ def look_alikes(decisions: Iterable[tuple[str, str | None]]) -> list[OutsideTheM
             chosen.setdefault(label, Counter())[breed] += 1
     found = []
     for label, names in chosen.items():
+        if label in never or label in NOT_A_BREED:
+            continue
         outside = sum(names.values())
         interval = wilson_interval(outside, decided[label])
         too_often = interval is not None and interval.low > 1.0 - MIN_AUTO_PRECISION

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from labeler.config.settings import Settings
@@ -33,7 +34,7 @@ from labeler.model.artifact import (
 )
 from labeler.model.features import HEAD_CORRECTION_FILE, decode_record, file_sha256
 from labeler.service.app import thresholds_in_force
-from labeler.shelter.breedmap import load_breed_map
+from labeler.shelter.breedmap import BreedMap, load_breed_map
 from labeler.store import evidence
 from labeler.store.engine import make_engine, session_factory
 from labeler.store.staff import reviewed_label
@@ -43,20 +44,15 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     artifact = load_artifact(settings.model_dir)
     breed_map = None if settings.breed_map is None else load_breed_map(settings.breed_map)
     label_of_values = None if breed_map is None else breed_map.label_for
-    name_column = None if breed_map is None else breed_map.name_column
     engine = make_engine(settings)
     with session_factory(engine)() as session:
         in_force = thresholds_in_force(settings, session, artifact)
         rows = evidence.staff_decided_photos(session)
+        animals = evidence.group_decided_rows(session)
     decided, earlier, records = [], [], []
-    outside: list[tuple[str, str | None]] = []  # (best guess, staff's breed outside the model)
     index_of = {label: i for i, label in enumerate(artifact.labels)}
     for row in rows:
         label = _staff_label(row, label_of_values)
-        if label is not None:
-            outside.append((str(row["breed"]), None))
-        elif (name := _outside_breed(row, name_column)) is not None:
-            outside.append((str(row["breed"]), name))
         candidates = tuple(
             (str(row[b]), float(row[c]))
             for b, c in (
@@ -75,12 +71,15 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             decided.append(Decided(str(row["photo_id"]), candidates, label))
         else:
             earlier.append(label)
-    found_look_alikes = look_alikes(outside)
+    found_look_alikes = look_alikes(
+        _answers_and_outside_breeds(animals, artifact, breed_map, settings.target_undecided),
+        never=artifact.reject_labels,
+    )
     for found in found_look_alikes:
         print(
-            f"look-alike: {found.describe()}; its auto-labels are wrong here: the adapted "
-            "model sends its photos to review (or leave it unmapped in the breed map, "
-            "LABELER_BREED_MAP)"
+            f"look-alike: {found.describe()}; too often for its answers to be trusted here: "
+            "the adapted model sends its photos to review (or leave it unmapped in the breed "
+            "map, LABELER_BREED_MAP)"
         )
     # Judged as the adapted model will serve them: look-alike labels are never auto-labelled.
     never_auto = artifact.reject_labels | {found.label for found in found_look_alikes}
@@ -200,20 +199,58 @@ def _refit(
     )
 
 
-def _outside_breed(row: dict[str, object], name_column: str | None) -> str | None:
-    """The breed staff set in the shelter's own UI when the breed map has no label for it (as
-    the shelter names it); None for any other row."""
-    staff = row.get("staff_values")
-    if not isinstance(staff, str) or not staff or name_column is None:
-        return None
-    try:
-        values = json.loads(staff)
-    except ValueError:
-        return None
-    if not isinstance(values, dict):
-        return None
-    name = values.get(name_column)
-    return str(name) if name is not None else json.dumps(values, sort_keys=True)
+def _answers_and_outside_breeds(
+    animals: list[dict[str, object]],
+    artifact: Artifact,
+    breed_map: BreedMap | None,
+    undecided: dict[str, str],
+) -> Iterator[tuple[str, str | None]]:
+    """For each animal this model (or a shelter version of it) answered: its answer, and the
+    breed staff set in the shelter's own UI when the breed map has no label for it (as the
+    shelter names it), else None. Animals whose record staff set back to undecided (an undo,
+    not a breed) are left out; so is every animal without a breed map to read them with."""
+    if breed_map is None:
+        return
+    base = str(artifact.metadata.get("adapted", {}).get("from_version", artifact.version))
+    for animal in animals:
+        version = str(animal.get("model_version"))
+        if version != base and not version.startswith(f"{base}-shelter-"):
+            continue
+        answer = str(animal["breed"])
+        staff = animal.get("staff_values")
+        if animal.get("reviewed_breed") or not isinstance(staff, str) or not staff:
+            yield answer, None
+            continue
+        try:
+            values = json.loads(staff)
+        except ValueError:
+            continue
+        if not isinstance(values, dict) or _holds(values, undecided):
+            continue
+        if breed_map.label_for(values) is not None:
+            yield answer, None
+        elif (name := breed_map.name_in(values)) is not None:
+            yield answer, name
+
+
+def _holds(values: dict[str, object], wanted: dict[str, str]) -> bool:
+    """The record's values hold every one of ``wanted`` (columns' case ignored, numbers
+    compared as numbers)."""
+    if not wanted:
+        return False
+    lowered = {str(k).lower(): v for k, v in values.items()}
+    for column, value in wanted.items():
+        held = lowered.get(column.lower())
+        if held is None:
+            return False
+        held_text, value_text = str(held).strip(), value.strip()
+        if held_text != value_text and not (
+            held_text.lstrip("-").isdigit()
+            and value_text.lstrip("-").isdigit()
+            and int(held_text) == int(value_text)
+        ):
+            return False
+    return True
 
 
 def _staff_label(row: dict[str, object], label_of_values: object) -> str | None:

@@ -104,6 +104,14 @@ class BreedMap:
                 return column
         return self.columns[0]
 
+    def name_in(self, values: Mapping[str, object]) -> str | None:
+        """The breed's name in a record's values (``name_column``, its case ignored, as
+        PostgreSQL folds it); None when missing or blank."""
+        column = self.name_column
+        name = None if column is None else _value_of(values, column)
+        text = "" if name is None else str(name).strip()
+        return text or None
+
     def name_of(self, label: str) -> str | None:
         """The breed as the shelter names it (``name_column``); ``None`` when unmapped."""
         values = self.entries.get(label)
