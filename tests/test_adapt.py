@@ -301,6 +301,7 @@ def test_adapt_names_a_label_staff_keep_replacing_with_a_breed_outside_the_model
     ((label, chosen),) = adapted.look_alikes
     assert label == "pug" and "'Pit Bull Terrier' 20 times" in chosen
     assert "pug" in adapted.never_auto_labels and "beagle" not in adapted.never_auto_labels
+    assert "always sent to review here, as look-alikes of other breeds: pug" in adapted.describe()
     rule = resolve_thresholds(adapted, 0.5, None)
     pug = decide(Prediction((("pug", 0.99), ("beagle", 0.01))), rule)
     assert pug.status == NEEDS_REVIEW and "Pit Bull Terrier" in (pug.reason or "")

@@ -113,7 +113,11 @@ class Artifact:
         """One line saying which model this is and what its labels are worth."""
         note = f" - {self.quality_note}" if self.quality_note else ""
         classes = len(self.labels)
-        return f"model {self.name} version {self.version} ({self.kind}, {classes} classes){note}"
+        described = f"model {self.name} version {self.version} ({self.kind}, {classes} classes)"
+        if self.look_alikes:
+            names = ", ".join(label for label, _ in self.look_alikes)
+            described += f"; always sent to review here, as look-alikes of other breeds: {names}"
+        return described + note
 
 
 def load_artifact(path: str | Path) -> Artifact:
