@@ -251,3 +251,28 @@ def without_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
             monkeypatch.delenv(key)
+
+
+def with_animals_in_a_shelter_record(
+    url: str, animals: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Path:
+    """Store ``animals`` (labeler_group rows) and configure one answer per animal, written to
+    a shelter record through a beagle/pug breed map (BreedID 19 and 5; 0 is undecided), as
+    labeler's settings would; returns the breed map's path."""
+    from labeler.store.schema import group
+
+    breed_map = tmp_path / "map.csv"
+    breed_map.write_text("label,BreedID,BreedName\nbeagle,19,Beagle\npug,5,Pug\n")
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(group.insert(), animals)
+    engine.dispose()
+    for key, value in {
+        "SOURCE_GROUP_COLUMN": "id",
+        "TARGET_TABLE": "animals",
+        "TARGET_KEY_COLUMN": "id",
+        "BREED_MAP": str(breed_map),
+        "TARGET_UNDECIDED": "BreedID=0",
+    }.items():
+        monkeypatch.setenv(f"LABELER_{key}", value)
+    return breed_map

@@ -37,8 +37,8 @@ from labeler.model.features import FEATURE_SPACE_FILE, FeatureSpace, encode_reco
 from labeler.service.cli import main
 from labeler.store import migrate
 from labeler.store.engine import make_engine
-from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, group, photo
-from tests.helpers import create_photos, png_bytes
+from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, photo
+from tests.helpers import create_photos, png_bytes, with_animals_in_a_shelter_record
 
 LABELS = ["beagle", "pug", "whippet", "not_a_dog"]
 
@@ -238,8 +238,6 @@ def test_adapt_names_a_label_staff_keep_replacing_with_a_breed_outside_the_model
     Each animal counts once, over every animal this model answered pug."""
     version = load_artifact(tiny_artifact).version
     insert_decisions(configured, version, shelter(300))
-    breed_map = tmp_path / "map.csv"
-    breed_map.write_text("label,BreedID,BreedName\nbeagle,19,Beagle\npug,5,Pug\n")
     now = datetime(2026, 12, 1)
     pit_bull = '{"BreedID": "99", "BreedName": "Pit Bull Terrier"}'
     animals: list[dict[str, object]] = []
@@ -273,18 +271,7 @@ def test_adapt_names_a_label_staff_keep_replacing_with_a_breed_outside_the_model
         animal("beagle", pit_bull, model_version="another-model-1")
     for _ in range(10):  # never auto-labelled anyway
         animal("not_a_dog", pit_bull)
-    engine = create_engine(configured)
-    with engine.begin() as conn:
-        conn.execute(group.insert(), animals)
-    engine.dispose()
-    for key, value in {
-        "SOURCE_GROUP_COLUMN": "id",
-        "TARGET_TABLE": "animals",
-        "TARGET_KEY_COLUMN": "id",
-        "BREED_MAP": str(breed_map),
-        "TARGET_UNDECIDED": "BreedID=0",
-    }.items():
-        monkeypatch.setenv(f"LABELER_{key}", value)
+    with_animals_in_a_shelter_record(configured, animals, monkeypatch, tmp_path)
 
     assert main(["adapt"]) == 0
     printed = capsys.readouterr().out

@@ -27,9 +27,9 @@ from labeler.service.app import Service
 from labeler.service.cli import main
 from labeler.store import migrate
 from labeler.store.engine import make_engine
-from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, group, photo, threshold
+from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, photo, threshold
 from labeler.store.writeback import STAFF_REASON
-from tests.helpers import create_photos, png_bytes
+from tests.helpers import create_photos, png_bytes, with_animals_in_a_shelter_record
 
 # --- statistics -------------------------------------------------------------------------------
 
@@ -340,8 +340,6 @@ def test_calibrate_per_animal_weighs_animals_and_breeds_staff_set_in_their_own_s
     through the breed map exactly like a review."""
     version = load_artifact(tiny_artifact).version
     rows, evidence = synthetic_rows(version)
-    breed_map = tmp_path / "map.csv"
-    breed_map.write_text("label,BreedID,BreedName\nbeagle,19,Beagle\npug,5,Pug\n")
     values = {
         "beagle": '{"BreedID": "19", "BreedName": "Beagle"}',
         "pug": '{"BreedID": "5", "BreedName": "Pug"}',
@@ -379,18 +377,7 @@ def test_calibrate_per_animal_weighs_animals_and_breeds_staff_set_in_their_own_s
         elif staff is not None:
             animal["reviewed_breed"] = staff
         animals.append(animal)
-    engine = create_engine(decided)
-    with engine.begin() as conn:
-        conn.execute(group.insert(), animals)
-    engine.dispose()
-    for key, value in {
-        "SOURCE_GROUP_COLUMN": "id",
-        "TARGET_TABLE": "animals",
-        "TARGET_KEY_COLUMN": "id",
-        "BREED_MAP": str(breed_map),
-        "TARGET_UNDECIDED": "BreedID=0",
-    }.items():
-        monkeypatch.setenv(f"LABELER_{key}", value)
+    with_animals_in_a_shelter_record(decided, animals, monkeypatch, tmp_path)
 
     expected = calibrate(evidence, 0.9)
     assert main(["calibrate", "--target-precision", "0.9", "--apply"]) == 0

@@ -35,6 +35,7 @@ from labeler.model.artifact import (
 from labeler.model.features import HEAD_CORRECTION_FILE, decode_record, file_sha256
 from labeler.service.app import thresholds_in_force
 from labeler.shelter.breedmap import BreedMap, load_breed_map
+from labeler.shelter.target import parse_values, same_value_text
 from labeler.store import evidence
 from labeler.store.engine import make_engine, session_factory
 from labeler.store.staff import reviewed_label
@@ -123,7 +124,7 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     if correction is not None:
         fingerprint.update(correction.weights.astype("float32").tobytes())
     digest = fingerprint.hexdigest()[:10]
-    base_version = str(artifact.metadata.get("adapted", {}).get("from_version", artifact.version))
+    base_version = _base_version(artifact)
     scratch = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     shutil.copytree(artifact.path, scratch)
@@ -199,6 +200,11 @@ def _refit(
     )
 
 
+def _base_version(artifact: Artifact) -> str:
+    """The version of the model as trained, which every shelter version of it extends."""
+    return str(artifact.metadata.get("adapted", {}).get("from_version", artifact.version))
+
+
 def _answers_and_outside_breeds(
     animals: list[dict[str, object]],
     artifact: Artifact,
@@ -211,7 +217,7 @@ def _answers_and_outside_breeds(
     not a breed) are left out; so is every animal without a breed map to read them with."""
     if breed_map is None:
         return
-    base = str(artifact.metadata.get("adapted", {}).get("from_version", artifact.version))
+    base = _base_version(artifact)
     for animal in animals:
         version = str(animal.get("model_version"))
         if version != base and not version.startswith(f"{base}-shelter-"):
@@ -221,11 +227,8 @@ def _answers_and_outside_breeds(
         if animal.get("reviewed_breed") or not isinstance(staff, str) or not staff:
             yield answer, None
             continue
-        try:
-            values = json.loads(staff)
-        except ValueError:
-            continue
-        if not isinstance(values, dict) or _holds(values, undecided):
+        values = parse_values(staff)
+        if values is None or _holds(values, undecided):
             continue
         if breed_map.label_for(values) is not None:
             yield answer, None
@@ -233,24 +236,13 @@ def _answers_and_outside_breeds(
             yield answer, name
 
 
-def _holds(values: dict[str, object], wanted: dict[str, str]) -> bool:
-    """The record's values hold every one of ``wanted`` (columns' case ignored, numbers
-    compared as numbers)."""
-    if not wanted:
-        return False
-    lowered = {str(k).lower(): v for k, v in values.items()}
-    for column, value in wanted.items():
-        held = lowered.get(column.lower())
-        if held is None:
-            return False
-        held_text, value_text = str(held).strip(), value.strip()
-        if held_text != value_text and not (
-            held_text.lstrip("-").isdigit()
-            and value_text.lstrip("-").isdigit()
-            and int(held_text) == int(value_text)
-        ):
-            return False
-    return True
+def _holds(values: dict[str, str], wanted: dict[str, str]) -> bool:
+    """The record's values hold every one of ``wanted`` (columns' case ignored, as PostgreSQL
+    folds them; values compared as text or as numbers)."""
+    lowered = {k.lower(): v for k, v in values.items()}
+    return bool(wanted) and all(
+        same_value_text(lowered.get(column.lower()), value) for column, value in wanted.items()
+    )
 
 
 def _staff_label(row: dict[str, object], label_of_values: object) -> str | None:
