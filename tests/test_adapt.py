@@ -37,7 +37,7 @@ from labeler.model.features import FEATURE_SPACE_FILE, FeatureSpace, encode_reco
 from labeler.service.cli import main
 from labeler.store import migrate
 from labeler.store.engine import make_engine
-from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, photo
+from labeler.store.schema import LABELLED, NEEDS_REVIEW, REVIEWED, group, photo
 from tests.helpers import create_photos, png_bytes, with_animals_in_a_shelter_record
 
 LABELS = ["beagle", "pug", "whippet", "not_a_dog"]
@@ -308,6 +308,55 @@ def test_adapt_refuses_with_too_few_decisions(
     insert_decisions(configured, load_artifact(tiny_artifact).version, shelter(5))
     assert main(["adapt", "--apply", "--output", "/nonexistent/x"]) == 1
     assert "at least 30" in capsys.readouterr().err
+
+
+def test_a_look_alike_is_applied_before_there_is_evidence_for_the_frequencies(
+    configured: str,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The first night of a shelter with pit bulls: too few decisions name a label of the
+    model to learn its breeds, but staff keep replacing the model's pug with a breed it does
+    not know. The adapted model only sends pug to review; everything else stays as it was."""
+    version = load_artifact(tiny_artifact).version
+    insert_decisions(configured, version, shelter(5))
+    now = datetime(2026, 12, 1)
+    animals = [
+        {
+            "group_id": f"dog-{k}",
+            "status": REVIEWED if k < 6 else LABELLED,
+            "breed": "pug",
+            "confidence": 0.95,
+            "model_version": version,
+            "discovered_at": now,
+            "updated_at": now,
+            "staff_values": '{"BreedID": "99", "BreedName": "Pit Bull Terrier"}' if k < 6 else None,
+        }
+        for k in range(10)
+    ]
+    with_animals_in_a_shelter_record(configured, animals, monkeypatch, tmp_path)
+    out = tmp_path / "adapted"
+
+    assert main(["adapt", "--apply", "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "breed frequencies of model" in captured.err and "at least 30" in captured.err
+    assert "only sends the look-alikes to review" in captured.err
+    adapted = load_artifact(out)
+    assert [label for label, _ in adapted.look_alikes] == ["pug"]
+    assert adapted.class_weights is None  # the frequencies were not learned
+    assert adapted.version != version and adapted.version.startswith(version)
+    meta = json.loads((out / "metadata.json").read_text())["adapted"]
+    assert meta["decisions"] == 0 and meta["evidence"].startswith("look-alike: pug")
+
+    # Without a look-alike, too little evidence is still a refusal.
+    engine = create_engine(configured)
+    with engine.begin() as conn:
+        conn.execute(group.delete())
+    engine.dispose()
+    assert main(["adapt", "--apply", "--output", str(tmp_path / "again")]) == 1
+    assert not (tmp_path / "again").exists()
 
 
 def test_adapt_refuses_when_auto_labels_would_fall_under_the_promise() -> None:

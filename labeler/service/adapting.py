@@ -22,7 +22,7 @@ from pathlib import Path
 
 from labeler.config.settings import Settings
 from labeler.core.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from labeler.decide.adapt import AdaptRefused, Decided, adapt, look_alikes
+from labeler.decide.adapt import Adaptation, AdaptRefused, Decided, adapt, look_alikes
 from labeler.decide.refit import RecordDecision, Refit, refit
 from labeler.model.artifact import (
     METADATA_FILE,
@@ -84,6 +84,7 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         )
     # Judged as the adapted model will serve them: look-alike labels are never auto-labelled.
     never_auto = artifact.reject_labels | {found.label for found in found_look_alikes}
+    result: Adaptation | None
     try:
         result = adapt(
             decided,
@@ -95,15 +96,25 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             earlier=earlier,
         )
     except AdaptRefused as exc:
-        print(f"adapt: not adapting model {artifact.version}: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        if not found_look_alikes:
+            print(f"adapt: not adapting model {artifact.version}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        # A look-alike only ever sends more photos to review, so it needs no more evidence
+        # than its own: the breeds' frequencies and the head wait for theirs.
+        print(
+            f"adapt: the breed frequencies of model {artifact.version} stay as they are: {exc}; "
+            "the adapted model only sends the look-alikes to review",
+            file=sys.stderr,
+        )
+        result = None
     head = None
-    if not args.no_refit:
+    if result is not None and not args.no_refit:
         head = _refit(
             artifact, records, result.weights, in_force.review_threshold, args.strength, never_auto
         )
     print(f"model {artifact.version}")
-    print(result.evidence())
+    if result is not None:
+        print(result.evidence())
     if head is not None:
         print(head.evidence())
     if not args.apply:
@@ -116,7 +127,8 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     if out == artifact.path.resolve() or (out.exists() and any(out.iterdir())):
         print(f"adapt: {out} must be a new or empty folder", file=sys.stderr)
         return EXIT_CONFIG
-    weights_text = json.dumps([round(w, 6) for w in result.weights])
+    weights = artifact.class_weights if result is None else result.weights
+    weights_text = json.dumps(None if weights is None else [round(w, 6) for w in weights])
     look_alike_values = {found.label: found.chosen_instead() for found in found_look_alikes}
     fingerprint = hashlib.sha256(f"{artifact.version}:{weights_text}".encode())
     fingerprint.update(json.dumps(look_alike_values, sort_keys=True).encode())
@@ -131,7 +143,8 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     meta = json.loads((scratch / METADATA_FILE).read_text())
     meta["version"] = f"{base_version}-shelter-{digest}"
     output = meta.setdefault("output", {})
-    output["class_weights"] = json.loads(weights_text)
+    if weights is not None:
+        output["class_weights"] = json.loads(weights_text)
     # Found again from every decision each time: the new list replaces the old one.
     output.pop("look_alikes", None)
     if look_alike_values:
@@ -146,12 +159,19 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             "file": HEAD_CORRECTION_FILE,
             "sha256": file_sha256(scratch / HEAD_CORRECTION_FILE),
         }
+    evidence_text = "\n".join(
+        [
+            *(["look-alike: " + found.describe() for found in found_look_alikes]),
+            *([] if result is None else [result.evidence()]),
+            *([] if head is None else [head.evidence()]),
+        ]
+    )
     meta["adapted"] = {
         "from_version": base_version,
-        "decisions": sum(result.counts.values()),
-        "counts": result.counts,
+        "decisions": 0 if result is None else sum(result.counts.values()),
+        "counts": {} if result is None else result.counts,
         "strength": args.strength,
-        "evidence": result.evidence() + ("" if head is None else "\n" + head.evidence()),
+        "evidence": evidence_text,
         **({} if head is None else {"head_refit": {"decisions": head.decisions, "l2": head.l2}}),
     }
     (scratch / METADATA_FILE).write_text(json.dumps(meta, indent=2, allow_nan=False) + "\n")
