@@ -21,6 +21,7 @@ from labeler.decide.adapt import (
     Decided,
     adapt,
     class_weights,
+    drifted,
     held_out,
     look_alikes,
     reweight,
@@ -144,6 +145,29 @@ def test_a_label_staff_often_replace_with_a_breed_outside_the_model_is_a_look_al
     # Labels never auto-labelled anyway are not look-alikes of anything.
     assert look_alikes([("not_a_dog", "Cat")] * 10) == []
     assert look_alikes(decisions, never=frozenset({"American_Staffordshire_terrier"})) == []
+
+
+def test_a_breed_outside_the_model_drifts_onto_the_label_the_adapted_prior_favours() -> None:
+    """A foxhound the model calls whippet at 0.6, beagle second: once the shelter's prior
+    makes beagles common, the adapted model would auto-label it beagle."""
+    foxhound = ((("whippet", 0.6), ("beagle", 0.38)), "English Foxhound")
+    weights = [4.0 if label == "beagle" else 1.0 for label in LABELS]
+    assert (
+        drifted([foxhound] * 3, LABELS, weights, threshold=0.6)
+        == [("beagle", "English Foxhound")] * 3
+    )
+    # Counted with today's answers, the drift makes beagle a look-alike before any animal
+    # was answered beagle.
+    answers = [("whippet", "English Foxhound")] * 3 + [("beagle", None)] * 20
+    moved = drifted([foxhound] * 4, LABELS, weights, threshold=0.6)
+    assert "beagle" in [f.label for f in look_alikes([*answers, *moved])]
+    assert "beagle" not in [f.label for f in look_alikes(answers)]
+    # Not where the adapted model would still review it, keep today's answer, or never
+    # auto-labels the label anyway.
+    assert drifted([foxhound], LABELS, weights, threshold=0.95) == []
+    assert drifted([foxhound], LABELS, [1.0] * len(LABELS), threshold=0.5) == []
+    assert drifted([foxhound], LABELS, weights, 0.6, never=frozenset({"beagle"})) == []
+    assert drifted([((), "English Foxhound")], LABELS, weights, 0.6) == []
 
 
 # --- the command --------------------------------------------------------------------------
@@ -357,6 +381,64 @@ def test_a_look_alike_is_applied_before_there_is_evidence_for_the_frequencies(
     engine.dispose()
     assert main(["adapt", "--apply", "--output", str(tmp_path / "again")]) == 1
     assert not (tmp_path / "again").exists()
+
+
+def test_adapt_finds_the_look_alike_its_own_prior_would_create(
+    configured: str,
+    tiny_artifact: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A beagle shelter with foxhounds the model does not know: the model calls them whippet
+    (beagle second), and staff set "Foxhound" in their own screens. The adapted prior makes
+    beagle common enough to auto-label those foxhounds beagle, so beagle is a look-alike of
+    the adapted model too, before any foxhound was answered beagle."""
+    version = load_artifact(tiny_artifact).version
+    insert_decisions(configured, version, shelter(300))
+    now = datetime(2026, 12, 1)
+    foxhound = '{"BreedID": "99", "BreedName": "Foxhound"}'
+    animals = [
+        {
+            "group_id": f"dog-{k}",
+            "status": REVIEWED if k < 6 else LABELLED,
+            "breed": "whippet" if k < 6 else "beagle",
+            "confidence": 0.6 if k < 6 else 0.97,
+            "model_version": version,
+            "discovered_at": now,
+            "updated_at": now,
+            "staff_values": foxhound if k < 6 else None,
+        }
+        for k in range(26)
+    ]
+    photos = [
+        {
+            "photo_id": f"foxhound-{k}",
+            "group_id": f"dog-{k}",
+            "status": NEEDS_REVIEW,
+            "breed": "whippet",
+            "confidence": 0.6,
+            "breed_2": "beagle",
+            "confidence_2": 0.39,
+            "model_version": version,
+            "review_reason": "unsure",
+            "discovered_at": now,
+            "updated_at": now,
+        }
+        for k in range(6)
+    ]
+    with_animals_in_a_shelter_record(configured, animals, monkeypatch, tmp_path)
+    engine = create_engine(configured)
+    with engine.begin() as conn:
+        conn.execute(photo.insert(), photos)
+    engine.dispose()
+
+    out = tmp_path / "adapted"
+    assert main(["adapt", "--no-refit", "--apply", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    found = [x.split(":")[1].strip() for x in printed.splitlines() if x.startswith("look-alike:")]
+    assert found == ["whippet", "beagle"]
+    assert sorted(label for label, _ in load_artifact(out).look_alikes) == ["beagle", "whippet"]
 
 
 def test_adapt_refuses_when_auto_labels_would_fall_under_the_promise() -> None:

@@ -178,7 +178,9 @@ def adapt(
     if current_weights is not None:
         fit_weights = [w / old for w, old in zip(fit_weights, current_weights, strict=True)]
     after = outcome(
-        ((_reweighted(d, labels, fit_weights), d.staff_label) for d in test), threshold, reject
+        ((reweighted(d.candidates, labels, fit_weights), d.staff_label) for d in test),
+        threshold,
+        reject,
     )
     if after.top1_right < before.top1_right:
         raise AdaptRefused(
@@ -258,6 +260,36 @@ def look_alikes(
     return sorted(found, key=lambda item: (-item.outside / item.decided, item.label))
 
 
+def drifted(
+    outside: Iterable[tuple[tuple[tuple[str, float], ...], str]],
+    labels: Sequence[str],
+    relative_weights: Sequence[float],
+    threshold: float,
+    never: frozenset[str] = frozenset(),
+) -> list[tuple[str, str]]:
+    """Where the adapted model would take photos staff set to a breed outside the model.
+
+    ``outside``: for each such animal, a photo's stored top labels and the breed staff chose;
+    ``relative_weights``: the adapted weights over those the photos were classified with. As
+    the shelter's prior sharpens, a breed outside the model drifts onto the next common
+    look-alike (a foxhound from Walker hound to beagle) before any animal was answered so.
+    Returned: (label, breed) for every animal the adapted model would auto-label with a label
+    other than today's answer, in the form :func:`look_alikes` counts."""
+    found = []
+    for candidates, breed in outside:
+        if not candidates:
+            continue
+        label, confidence = reweighted(candidates, labels, relative_weights)[0]
+        if (
+            label != candidates[0][0]
+            and confidence >= threshold
+            and label not in never
+            and label not in NOT_A_BREED
+        ):
+            found.append((label, breed))
+    return found
+
+
 def below_promise(result: Outcome) -> bool:
     """The held-out auto-labels show a precision under the promise: clearly (the whole 95%
     interval under it), or on enough of them for the estimate itself to count."""
@@ -269,11 +301,13 @@ def below_promise(result: Outcome) -> bool:
     return clearly or (result.auto >= MIN_JUDGED_AUTO and estimate < MIN_AUTO_PRECISION)
 
 
-def _reweighted(
-    decided: Decided, labels: Sequence[str], weights: Sequence[float]
+def reweighted(
+    candidates: Sequence[tuple[str, float]], labels: Sequence[str], weights: Sequence[float]
 ) -> tuple[tuple[str, float], ...]:
+    """:func:`reweight` with one weight per label; the rest weighted by the mean weight of
+    the labels not listed."""
     weight_of = dict(zip(labels, weights, strict=True))
-    listed = {label for label, _ in decided.candidates}
+    listed = {label for label, _ in candidates}
     others = [w for label, w in weight_of.items() if label not in listed]
     rest_weight = sum(others) / len(others) if others else 1.0
-    return reweight(decided.candidates, weight_of, rest_weight)
+    return reweight(candidates, weight_of, rest_weight)

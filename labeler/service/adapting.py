@@ -22,7 +22,15 @@ from pathlib import Path
 
 from labeler.config.settings import Settings
 from labeler.core.exit_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK
-from labeler.decide.adapt import Adaptation, AdaptRefused, Decided, adapt, look_alikes
+from labeler.decide.adapt import (
+    Adaptation,
+    AdaptRefused,
+    Decided,
+    OutsideTheModel,
+    adapt,
+    drifted,
+    look_alikes,
+)
 from labeler.decide.refit import RecordDecision, Refit, refit
 from labeler.model.artifact import (
     METADATA_FILE,
@@ -51,6 +59,8 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         rows = evidence.staff_decided_photos(session)
         animals = evidence.group_decided_rows(session)
     decided, earlier, records = [], [], []
+    # One photo of each animal staff set to a breed outside the model, as this version saw it.
+    outside: dict[str, tuple[tuple[tuple[str, float], ...], str]] = {}
     index_of = {label: i for i, label in enumerate(artifact.labels)}
     for row in rows:
         label = _staff_label(row, label_of_values)
@@ -64,6 +74,9 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             if row[b] is not None and row[c] is not None
         )
         if label is None:
+            name = _photo_outside_breed(row, breed_map, settings.target_undecided)
+            if name is not None and row["model_version"] == artifact.version:
+                outside.setdefault(str(row["group_id"]), (candidates, name))
             continue
         record = decode_record(row.get("features"))
         if record is not None and label in index_of:
@@ -72,21 +85,15 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             decided.append(Decided(str(row["photo_id"]), candidates, label))
         else:
             earlier.append(label)
-    found_look_alikes = look_alikes(
-        _answers_and_outside_breeds(animals, artifact, breed_map, settings.target_undecided),
-        never=artifact.reject_labels,
+    answers = list(
+        _answers_and_outside_breeds(animals, artifact, breed_map, settings.target_undecided)
     )
-    for found in found_look_alikes:
-        print(
-            f"look-alike: {found.describe()}; too often for its answers to be trusted here: "
-            "the adapted model sends its photos to review (or leave it unmapped in the breed "
-            "map, LABELER_BREED_MAP)"
-        )
-    # Judged as the adapted model will serve them: look-alike labels are never auto-labelled.
-    never_auto = artifact.reject_labels | {found.label for found in found_look_alikes}
-    result: Adaptation | None
-    try:
-        result = adapt(
+    found_look_alikes = look_alikes(answers, never=artifact.reject_labels)
+
+    def judged(found: list[OutsideTheModel]) -> Adaptation:
+        # Judged as the adapted model will serve them: look-alike labels are never auto-labelled.
+        never_auto = artifact.reject_labels | {f.label for f in found}
+        return adapt(
             decided,
             artifact.labels,
             in_force.review_threshold,
@@ -95,6 +102,23 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             current_weights=artifact.class_weights,
             earlier=earlier,
         )
+
+    result: Adaptation | None
+    try:
+        result = judged(found_look_alikes)
+        if outside:
+            # Where the adapted prior would take the breeds outside the model: their next
+            # look-alike is one before the first animal is answered with it.
+            current = artifact.class_weights or [1.0] * len(artifact.labels)
+            relative = [w / c for w, c in zip(result.weights, current, strict=True)]
+            never_now = artifact.reject_labels | {f.label for f in found_look_alikes}
+            moved = drifted(
+                outside.values(), artifact.labels, relative, in_force.review_threshold, never_now
+            )
+            again = look_alikes([*answers, *moved], never=artifact.reject_labels)
+            if {f.label for f in again} != {f.label for f in found_look_alikes}:
+                found_look_alikes = again
+                result = judged(found_look_alikes)
     except AdaptRefused as exc:
         if not found_look_alikes:
             print(f"adapt: not adapting model {artifact.version}: {exc}", file=sys.stderr)
@@ -107,6 +131,13 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         result = None
+    for found in found_look_alikes:
+        print(
+            f"look-alike: {found.describe()}; too often for its answers to be trusted here: "
+            "the adapted model sends its photos to review (or leave it unmapped in the breed "
+            "map, LABELER_BREED_MAP)"
+        )
+    never_auto = artifact.reject_labels | {found.label for found in found_look_alikes}
     head = None
     if result is not None and not args.no_refit:
         head = _refit(
@@ -254,6 +285,20 @@ def _answers_and_outside_breeds(
             yield answer, None
         elif (name := breed_map.name_in(values)) is not None:
             yield answer, name
+
+
+def _photo_outside_breed(
+    row: dict[str, object], breed_map: BreedMap | None, undecided: dict[str, str]
+) -> str | None:
+    """The breed staff set in the shelter's own UI for this photo's animal when the breed
+    map has no label for it (as the shelter names it); None for anything else."""
+    staff = row.get("staff_values")
+    if breed_map is None or not isinstance(staff, str) or not staff:
+        return None
+    values = parse_values(staff)
+    if values is None or _holds(values, undecided) or breed_map.label_for(values) is not None:
+        return None
+    return breed_map.name_in(values)
 
 
 def _holds(values: dict[str, str], wanted: dict[str, str]) -> bool:

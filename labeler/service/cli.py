@@ -526,8 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "adapt",
-        help="learn the shelter's breed frequencies from staff decisions, and refit the head "
-        "on decided photos' records; a new model version only with --apply",
+        help="learn the shelter's breed frequencies from staff decisions, refit the head "
+        "on decided photos' records, and send labels that stand for a breed outside the model "
+        "(look-alikes) to review; a new model version only with --apply",
     )
     p.add_argument(
         "--strength",

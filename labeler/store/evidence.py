@@ -100,6 +100,7 @@ def staff_decided_photos(session: Session) -> list[dict[str, Any]]:
             photo.c.confidence_3,
             photo.c.features,
             photo.c.reviewed_breed,
+            photo.c.group_id,
             group.c.reviewed_breed.label("group_reviewed_breed"),
             group.c.staff_values,
         )
