@@ -25,6 +25,7 @@ from labeler.decide.adapt import (
     held_out,
     look_alikes,
     reweight,
+    reweighted,
 )
 from labeler.decide.decision import decide, resolve_thresholds
 from labeler.model.artifact import (
@@ -148,26 +149,28 @@ def test_a_label_staff_often_replace_with_a_breed_outside_the_model_is_a_look_al
 
 
 def test_a_breed_outside_the_model_drifts_onto_the_label_the_adapted_prior_favours() -> None:
-    """A foxhound the model calls whippet at 0.6, beagle second: once the shelter's prior
-    makes beagles common, the adapted model would auto-label it beagle."""
-    foxhound = ((("whippet", 0.6), ("beagle", 0.38)), "English Foxhound")
-    weights = [4.0 if label == "beagle" else 1.0 for label in LABELS]
-    assert (
-        drifted([foxhound] * 3, LABELS, weights, threshold=0.6)
-        == [("beagle", "English Foxhound")] * 3
-    )
-    # Counted with today's answers, the drift makes beagle a look-alike before any animal
-    # was answered beagle.
+    """Foxhounds the model calls whippet today: where the adapted model would auto-label
+    them beagle, beagle stands for a foxhound too, before any was answered beagle."""
+    foxhound = ("whippet", ("beagle", 0.71), "English Foxhound")
+    assert drifted([foxhound] * 3, threshold=0.6) == [("beagle", "English Foxhound")] * 3
     answers = [("whippet", "English Foxhound")] * 3 + [("beagle", None)] * 20
-    moved = drifted([foxhound] * 4, LABELS, weights, threshold=0.6)
+    moved = drifted([foxhound] * 4, threshold=0.6)
     assert "beagle" in [f.label for f in look_alikes([*answers, *moved])]
     assert "beagle" not in [f.label for f in look_alikes(answers)]
-    # Not where the adapted model would still review it, keep today's answer, or never
-    # auto-labels the label anyway.
-    assert drifted([foxhound], LABELS, weights, threshold=0.95) == []
-    assert drifted([foxhound], LABELS, [1.0] * len(LABELS), threshold=0.5) == []
-    assert drifted([foxhound], LABELS, weights, 0.6, never=frozenset({"beagle"})) == []
-    assert drifted([((), "English Foxhound")], LABELS, weights, 0.6) == []
+    # Not where the adapted model would still review it, keep today's answer, never
+    # auto-labels the label anyway, or answers with no breed.
+    assert drifted([foxhound], threshold=0.95) == []
+    assert drifted([("whippet", ("whippet", 0.99), "English Foxhound")], 0.6) == []
+    assert drifted([foxhound], 0.6, never=frozenset({"beagle"})) == []
+    assert drifted([("whippet", ("not_a_dog", 0.99), "English Foxhound")], 0.6) == []
+
+
+def test_reweighted_candidates_follow_the_new_prior() -> None:
+    candidates = (("whippet", 0.6), ("beagle", 0.38))
+    weights = [4.0 if label == "beagle" else 1.0 for label in LABELS]
+    (best, p), _ = reweighted(candidates, LABELS, weights)
+    # 0.38 * 4 against 0.6, and the 0.02 left over weighted by the other labels' mean (1).
+    assert best == "beagle" and p == pytest.approx(1.52 / (1.52 + 0.6 + 0.02))
 
 
 # --- the command --------------------------------------------------------------------------

@@ -12,11 +12,13 @@ from labeler.decide.adapt import held_out
 from labeler.decide.refit import (
     RecordDecision,
     Refit,
+    best_guesses,
     fit_correction,
     offsets,
     probabilities,
     refit,
 )
+from labeler.model.classifier import apply_class_weights, calibrate
 from labeler.model.features import (
     FeatureError,
     FeatureSpace,
@@ -206,6 +208,26 @@ def test_corrected_adds_the_heads_logits() -> None:
     np.testing.assert_allclose(out[0], expected / expected.sum())
     with pytest.raises(FeatureError, match="no features"):
         corrected(p, correction, None)
+
+
+def test_best_guesses_are_what_the_served_model_answers() -> None:
+    """A record scored with weights and a correction gives the label and probability serving
+    gives the same photo: temperature, class weights, then the head's logits."""
+    raw = np.array([[0.6, 0.38, 0.02], [0.2, 0.2, 0.6]])
+    projected = np.array([[1.0], [0.0]])
+    records = [PhotoRecord(SPACE, np.log(r), x) for r, x in zip(raw, projected, strict=True)]
+    weights, temperature = (1.0, 4.0, 1.0), 0.7
+    correction = HeadCorrection(np.array([[0.0, 0.0, 2.0]]), np.zeros(3))
+    served = corrected(
+        apply_class_weights(calibrate(raw, temperature), weights), correction, projected
+    )
+    guesses = best_guesses(records, LABELS, temperature, weights, correction)
+    assert [label for label, _ in guesses] == [LABELS[int(k)] for k in served.argmax(axis=1)]
+    assert [p for _, p in guesses] == pytest.approx(served.max(axis=1), rel=1e-6)
+    # The prior alone moves the first photo from "a" to "b".
+    assert best_guesses(records[:1], LABELS, 1.0, weights, None)[0][0] == "b"
+    assert best_guesses(records[:1], LABELS, 1.0, None, None)[0][0] == "a"
+    assert best_guesses([], LABELS, 1.0, None, None) == []
 
 
 # --- fitting the correction ---------------------------------------------------------------

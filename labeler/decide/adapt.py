@@ -261,33 +261,26 @@ def look_alikes(
 
 
 def drifted(
-    outside: Iterable[tuple[tuple[tuple[str, float], ...], str]],
-    labels: Sequence[str],
-    relative_weights: Sequence[float],
+    outside: Iterable[tuple[str, tuple[str, float], str]],
     threshold: float,
     never: frozenset[str] = frozenset(),
 ) -> list[tuple[str, str]]:
-    """Where the adapted model would take photos staff set to a breed outside the model.
+    """Where the adapted model would take animals staff set to a breed outside the model.
 
-    ``outside``: for each such animal, a photo's stored top labels and the breed staff chose;
-    ``relative_weights``: the adapted weights over those the photos were classified with. As
-    the shelter's prior sharpens, a breed outside the model drifts onto the next common
-    look-alike (a foxhound from Walker hound to beagle) before any animal was answered so.
-    Returned: (label, breed) for every animal the adapted model would auto-label with a label
-    other than today's answer, in the form :func:`look_alikes` counts."""
-    found = []
-    for candidates, breed in outside:
-        if not candidates:
-            continue
-        label, confidence = reweighted(candidates, labels, relative_weights)[0]
-        if (
-            label != candidates[0][0]
-            and confidence >= threshold
-            and label not in never
-            and label not in NOT_A_BREED
-        ):
-            found.append((label, breed))
-    return found
+    ``outside``: for each such animal, today's answer, the adapted model's best guess for it
+    (label, confidence) and the breed staff chose. As the shelter's prior sharpens, a breed
+    outside the model drifts onto its next look-alike (a foxhound from Walker hound to beagle)
+    before any animal was answered so. Returned: (label, breed) for every animal the adapted
+    model would auto-label with another label than today's, in the form :func:`look_alikes`
+    counts."""
+    return [
+        (label, breed)
+        for today, (label, confidence), breed in outside
+        if label != today
+        and confidence >= threshold
+        and label not in never
+        and label not in NOT_A_BREED
+    ]
 
 
 def below_promise(result: Outcome) -> bool:

@@ -101,6 +101,24 @@ def probabilities(
     return np.exp(z - _logsumexp(z))
 
 
+def best_guesses(
+    records: Sequence[PhotoRecord],
+    labels: Sequence[str],
+    temperature: float,
+    weights: Sequence[float] | None,
+    correction: HeadCorrection | None,
+) -> list[tuple[str, float]]:
+    """Each record's best label and its probability as a model with these weights and this
+    correction serves it."""
+    if not records:
+        return []
+    logp = np.stack([r.logp for r in records])
+    projected = np.stack([r.projected for r in records])
+    p = probabilities(offsets(logp, temperature, weights), projected, correction)
+    best = p.argmax(axis=1)
+    return [(labels[int(k)], float(p[i, k])) for i, k in enumerate(best)]
+
+
 def fit_correction(
     offset: np.ndarray,
     projected: np.ndarray,

@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from labeler.config.settings import Settings
@@ -30,8 +31,9 @@ from labeler.decide.adapt import (
     adapt,
     drifted,
     look_alikes,
+    reweighted,
 )
-from labeler.decide.refit import RecordDecision, Refit, refit
+from labeler.decide.refit import RecordDecision, Refit, best_guesses, refit
 from labeler.model.artifact import (
     METADATA_FILE,
     Artifact,
@@ -40,7 +42,13 @@ from labeler.model.artifact import (
     load_feature_space,
     load_head_correction,
 )
-from labeler.model.features import HEAD_CORRECTION_FILE, decode_record, file_sha256
+from labeler.model.features import (
+    HEAD_CORRECTION_FILE,
+    HeadCorrection,
+    PhotoRecord,
+    decode_record,
+    file_sha256,
+)
 from labeler.service.app import thresholds_in_force
 from labeler.shelter.breedmap import BreedMap, load_breed_map
 from labeler.shelter.target import parse_values, same_value_text
@@ -59,8 +67,8 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         rows = evidence.staff_decided_photos(session)
         animals = evidence.group_decided_rows(session)
     decided, earlier, records = [], [], []
-    # One photo of each animal staff set to a breed outside the model, as this version saw it.
-    outside: dict[str, tuple[tuple[tuple[str, float], ...], str]] = {}
+    # One photo of each animal staff set to a breed outside the model.
+    outside: dict[str, _OutsidePhoto] = {}
     index_of = {label: i for i, label in enumerate(artifact.labels)}
     for row in rows:
         label = _staff_label(row, label_of_values)
@@ -75,8 +83,16 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         )
         if label is None:
             name = _photo_outside_breed(row, breed_map, settings.target_undecided)
-            if name is not None and row["model_version"] == artifact.version:
-                outside.setdefault(str(row["group_id"]), (candidates, name))
+            if name is not None:
+                outside.setdefault(
+                    str(row["group_id"]),
+                    _OutsidePhoto(
+                        str(row["model_version"]),
+                        candidates,
+                        decode_record(row.get("features")),
+                        name,
+                    ),
+                )
             continue
         record = decode_record(row.get("features"))
         if record is not None and label in index_of:
@@ -106,19 +122,6 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     result: Adaptation | None
     try:
         result = judged(found_look_alikes)
-        if outside:
-            # Where the adapted prior would take the breeds outside the model: their next
-            # look-alike is one before the first animal is answered with it.
-            current = artifact.class_weights or [1.0] * len(artifact.labels)
-            relative = [w / c for w, c in zip(result.weights, current, strict=True)]
-            never_now = artifact.reject_labels | {f.label for f in found_look_alikes}
-            moved = drifted(
-                outside.values(), artifact.labels, relative, in_force.review_threshold, never_now
-            )
-            again = look_alikes([*answers, *moved], never=artifact.reject_labels)
-            if {f.label for f in again} != {f.label for f in found_look_alikes}:
-                found_look_alikes = again
-                result = judged(found_look_alikes)
     except AdaptRefused as exc:
         if not found_look_alikes:
             print(f"adapt: not adapting model {artifact.version}: {exc}", file=sys.stderr)
@@ -131,17 +134,29 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         result = None
-    for found in found_look_alikes:
-        print(
-            f"look-alike: {found.describe()}; too often for its answers to be trusted here: "
-            "the adapted model sends its photos to review (or leave it unmapped in the breed "
-            "map, LABELER_BREED_MAP)"
-        )
     never_auto = artifact.reject_labels | {found.label for found in found_look_alikes}
     head = None
     if result is not None and not args.no_refit:
         head = _refit(
             artifact, records, result.weights, in_force.review_threshold, args.strength, never_auto
+        )
+    # Where the adapted model would take the breeds outside the model: their next look-alike
+    # is one before the first animal is answered with it. It only adds review, so what was
+    # judged above stands.
+    served = _Served(
+        artifact.class_weights if result is None else result.weights,
+        _current_correction(artifact) if head is None else head.correction,
+    )
+    moved = drifted(
+        _adapted_guesses(outside, artifact, served), in_force.review_threshold, never_auto
+    )
+    if moved:
+        found_look_alikes = look_alikes([*answers, *moved], never=artifact.reject_labels)
+    for found in found_look_alikes:
+        print(
+            f"look-alike: {found.describe()}; too often for its answers to be trusted here: "
+            "the adapted model sends its photos to review (or leave it unmapped in the breed "
+            "map, LABELER_BREED_MAP)"
         )
     print(f"model {artifact.version}")
     if result is not None:
@@ -285,6 +300,61 @@ def _answers_and_outside_breeds(
             yield answer, None
         elif (name := breed_map.name_in(values)) is not None:
             yield answer, name
+
+
+@dataclass(frozen=True)
+class _OutsidePhoto:
+    """A photo of an animal staff set to a breed outside the model, as it was classified."""
+
+    model_version: str
+    candidates: tuple[tuple[str, float], ...]
+    record: PhotoRecord | None
+    breed: str
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What the adapted model serves with: its class weights and its head correction."""
+
+    weights: Sequence[float] | None
+    correction: HeadCorrection | None
+
+
+def _current_correction(artifact: Artifact) -> HeadCorrection | None:
+    space = load_feature_space(artifact)
+    return None if space is None else load_head_correction(artifact, space)
+
+
+def _adapted_guesses(
+    outside: dict[str, _OutsidePhoto], artifact: Artifact, served: _Served
+) -> Iterator[tuple[str, tuple[str, float], str]]:
+    """For each animal in ``outside``: today's answer, the adapted model's best guess and the
+    breed staff chose. From the photo's record when it has one of this network (any version
+    of it: the record is the network's own output), else from its stored top three when this
+    version classified it (the class weights only)."""
+    space = load_feature_space(artifact)
+    labels = artifact.labels
+    current = artifact.class_weights or [1.0] * len(labels)
+    weights = served.weights or [1.0] * len(labels)
+    relative = [w / c for w, c in zip(weights, current, strict=True)]
+    for photo in outside.values():
+        if not photo.candidates:
+            continue
+        today = photo.candidates[0][0]
+        record = photo.record
+        if (
+            space is not None
+            and record is not None
+            and record.space == space.space
+            and record.logp.shape == (len(labels),)
+            and record.projected.shape == (space.dims,)
+        ):
+            (guess,) = best_guesses(
+                [record], labels, artifact.temperature, served.weights, served.correction
+            )
+            yield today, guess, photo.breed
+        elif photo.model_version == artifact.version:
+            yield today, reweighted(photo.candidates, labels, relative)[0], photo.breed
 
 
 def _photo_outside_breed(
