@@ -27,7 +27,6 @@ from labeler.decide.adapt import (
     Adaptation,
     AdaptRefused,
     Decided,
-    OutsideTheModel,
     adapt,
     drifted,
     look_alikes,
@@ -106,10 +105,11 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     )
     found_look_alikes = look_alikes(answers, never=artifact.reject_labels)
 
-    def judged(found: list[OutsideTheModel]) -> Adaptation:
-        # Judged as the adapted model will serve them: look-alike labels are never auto-labelled.
-        never_auto = artifact.reject_labels | {f.label for f in found}
-        return adapt(
+    # Judged as the adapted model will serve them: look-alike labels are never auto-labelled.
+    never_auto = artifact.reject_labels | {found.label for found in found_look_alikes}
+    result: Adaptation | None
+    try:
+        result = adapt(
             decided,
             artifact.labels,
             in_force.review_threshold,
@@ -118,10 +118,6 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             current_weights=artifact.class_weights,
             earlier=earlier,
         )
-
-    result: Adaptation | None
-    try:
-        result = judged(found_look_alikes)
     except AdaptRefused as exc:
         if not found_look_alikes:
             print(f"adapt: not adapting model {artifact.version}: {exc}", file=sys.stderr)
@@ -134,7 +130,6 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         result = None
-    never_auto = artifact.reject_labels | {found.label for found in found_look_alikes}
     head = None
     if result is not None and not args.no_refit:
         head = _refit(
