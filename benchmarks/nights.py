@@ -254,6 +254,9 @@ def replay(args: argparse.Namespace) -> list[dict[str, object]]:
                 "rare_right": rare_right,
                 "outside": sum(1 for b in truth.values() if b == args.outside),
                 "outside_auto": sum(truth[int(r.photo_id)] == args.outside for r in auto),
+                # The other breeds alone: what the look-alikes cost the photos the model knows.
+                "known_coverage": sum(truth[int(r.photo_id)] != args.outside for r in auto)
+                / max(1, sum(1 for b in truth.values() if b != args.outside)),
             }
             output = Path(tmp) / f"model-night-{number}"
             refit = () if args.refit else ("--no-refit",)
@@ -285,7 +288,8 @@ def render(r: dict[str, object]) -> str:
         else ""
     )
     outside = (
-        f"; outside the model: {r['outside_auto']} of {r['outside']} auto-labelled"
+        f"; outside the model: {r['outside_auto']} of {r['outside']} auto-labelled, the other "
+        f"breeds' coverage {r['known_coverage']:.3f}"
         if r["outside"]
         else ""
     )
