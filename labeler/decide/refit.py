@@ -101,6 +101,15 @@ def probabilities(
     return np.exp(z - _logsumexp(z))
 
 
+def record_fits(record: PhotoRecord, space: FeatureSpace, classes: int) -> bool:
+    """The record was made in this feature space by a network with this many outputs."""
+    return (
+        record.space == space.space
+        and record.logp.shape == (classes,)
+        and record.projected.shape == (space.dims,)
+    )
+
+
 def best_guesses(
     records: Sequence[PhotoRecord],
     labels: Sequence[str],
@@ -185,10 +194,7 @@ def refit(
     usable = [
         d
         for d in decided
-        if d.record.space == space.space
-        and d.record.logp.shape == (len(labels),)
-        and d.record.projected.shape == (space.dims,)
-        and 0 <= d.staff_label < len(labels)
+        if record_fits(d.record, space, len(labels)) and 0 <= d.staff_label < len(labels)
     ]
     if len(usable) < min_decisions:
         return None

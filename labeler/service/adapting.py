@@ -32,7 +32,7 @@ from labeler.decide.adapt import (
     look_alikes,
     reweighted,
 )
-from labeler.decide.refit import RecordDecision, Refit, best_guesses, refit
+from labeler.decide.refit import RecordDecision, Refit, best_guesses, record_fits, refit
 from labeler.model.artifact import (
     METADATA_FILE,
     Artifact,
@@ -43,6 +43,7 @@ from labeler.model.artifact import (
 )
 from labeler.model.features import (
     HEAD_CORRECTION_FILE,
+    FeatureSpace,
     HeadCorrection,
     PhotoRecord,
     decode_record,
@@ -65,6 +66,8 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
         in_force = thresholds_in_force(settings, session, artifact)
         rows = evidence.staff_decided_photos(session)
         animals = evidence.group_decided_rows(session)
+    space = load_feature_space(artifact)
+    current_correction = None if space is None else load_head_correction(artifact, space)
     decided, earlier, records = [], [], []
     # One photo of each animal staff set to a breed outside the model.
     outside: dict[str, _OutsidePhoto] = {}
@@ -133,18 +136,26 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
     head = None
     if result is not None and not args.no_refit:
         head = _refit(
-            artifact, records, result.weights, in_force.review_threshold, args.strength, never_auto
+            artifact,
+            space,
+            current_correction,
+            records,
+            result.weights,
+            in_force.review_threshold,
+            args.strength,
+            never_auto,
         )
     # Where the adapted model would take the breeds outside the model: their next look-alike
     # is one before the first animal is answered with it. It only adds review, so what was
     # judged above stands.
-    served = _Served(
+    guesses = _adapted_guesses(
+        outside,
+        artifact,
+        space,
         artifact.class_weights if result is None else result.weights,
-        _current_correction(artifact) if head is None else head.correction,
+        current_correction if head is None else head.correction,
     )
-    moved = drifted(
-        _adapted_guesses(outside, artifact, served), in_force.review_threshold, never_auto
-    )
+    moved = drifted(guesses, in_force.review_threshold, never_auto)
     if moved:
         found_look_alikes = look_alikes([*answers, *moved], never=artifact.reject_labels)
     for found in found_look_alikes:
@@ -236,6 +247,8 @@ def cmd_adapt(settings: Settings, args: argparse.Namespace) -> int:
 
 def _refit(
     artifact: Artifact,
+    space: FeatureSpace | None,
+    current_correction: HeadCorrection | None,
     records: list[RecordDecision],
     weights: list[float],
     threshold: float,
@@ -244,7 +257,6 @@ def _refit(
 ) -> Refit | None:
     """The head refitted on the decided photos' records, when the model keeps records and
     enough of them are decided; None otherwise (the prior alone is adapted)."""
-    space = load_feature_space(artifact)
     if space is None:
         return None
     return refit(
@@ -255,7 +267,7 @@ def _refit(
         threshold,
         never_auto,
         current_weights=artifact.class_weights,
-        current_correction=load_head_correction(artifact, space),
+        current_correction=current_correction,
         final_weights=weights,
         strength=strength,
     )
@@ -288,8 +300,8 @@ def _answers_and_outside_breeds(
         if animal.get("reviewed_breed") or not isinstance(staff, str) or not staff:
             yield answer, None
             continue
-        values = parse_values(staff)
-        if values is None or _holds(values, undecided):
+        values = _staff_breed(staff, undecided)
+        if values is None:
             continue
         if breed_map.label_for(values) is not None:
             yield answer, None
@@ -307,46 +319,27 @@ class _OutsidePhoto:
     breed: str
 
 
-@dataclass(frozen=True)
-class _Served:
-    """What the adapted model serves with: its class weights and its head correction."""
-
-    weights: Sequence[float] | None
-    correction: HeadCorrection | None
-
-
-def _current_correction(artifact: Artifact) -> HeadCorrection | None:
-    space = load_feature_space(artifact)
-    return None if space is None else load_head_correction(artifact, space)
-
-
 def _adapted_guesses(
-    outside: dict[str, _OutsidePhoto], artifact: Artifact, served: _Served
+    outside: dict[str, _OutsidePhoto],
+    artifact: Artifact,
+    space: FeatureSpace | None,
+    weights: Sequence[float] | None,
+    correction: HeadCorrection | None,
 ) -> Iterator[tuple[str, tuple[str, float], str]]:
-    """For each animal in ``outside``: today's answer, the adapted model's best guess and the
-    breed staff chose. From the photo's record when it has one of this network (any version
-    of it: the record is the network's own output), else from its stored top three when this
-    version classified it (the class weights only)."""
-    space = load_feature_space(artifact)
+    """For each animal in ``outside``: today's answer, the best guess of the model served with
+    ``weights`` and ``correction``, and the breed staff chose. From the photo's record when it
+    has one of this network (any version of it: the record is the network's own output), else
+    from its stored top three when this version classified it (the class weights only)."""
     labels = artifact.labels
     current = artifact.class_weights or [1.0] * len(labels)
-    weights = served.weights or [1.0] * len(labels)
-    relative = [w / c for w, c in zip(weights, current, strict=True)]
+    relative = [w / c for w, c in zip(weights or [1.0] * len(labels), current, strict=True)]
     for photo in outside.values():
         if not photo.candidates:
             continue
         today = photo.candidates[0][0]
         record = photo.record
-        if (
-            space is not None
-            and record is not None
-            and record.space == space.space
-            and record.logp.shape == (len(labels),)
-            and record.projected.shape == (space.dims,)
-        ):
-            (guess,) = best_guesses(
-                [record], labels, artifact.temperature, served.weights, served.correction
-            )
+        if space is not None and record is not None and record_fits(record, space, len(labels)):
+            (guess,) = best_guesses([record], labels, artifact.temperature, weights, correction)
             yield today, guess, photo.breed
         elif photo.model_version == artifact.version:
             yield today, reweighted(photo.candidates, labels, relative)[0], photo.breed
@@ -357,13 +350,17 @@ def _photo_outside_breed(
 ) -> str | None:
     """The breed staff set in the shelter's own UI for this photo's animal when the breed
     map has no label for it (as the shelter names it); None for anything else."""
-    staff = row.get("staff_values")
-    if breed_map is None or not isinstance(staff, str) or not staff:
-        return None
-    values = parse_values(staff)
-    if values is None or _holds(values, undecided) or breed_map.label_for(values) is not None:
+    values = _staff_breed(row.get("staff_values"), undecided)
+    if breed_map is None or values is None or breed_map.label_for(values) is not None:
         return None
     return breed_map.name_in(values)
+
+
+def _staff_breed(staff: object, undecided: dict[str, str]) -> dict[str, str] | None:
+    """The values staff set on an animal's record, as labeler stored them; None for none, an
+    unreadable one, or an undo (the record set back to the undecided values)."""
+    values = parse_values(staff) if isinstance(staff, str) and staff else None
+    return None if values is None or _holds(values, undecided) else values
 
 
 def _holds(values: dict[str, str], wanted: dict[str, str]) -> bool:
